@@ -1,0 +1,40 @@
+"""Typed errors. Each message says what was wrong and what to do about it.
+
+The CLI turns any ``MlopsError`` into a one-line message and exit code 2; magics turn them
+into ``UsageError``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInput",
+    "MlopsError",
+    "NotFound",
+    "RunFailed",
+    "SchemaTooNew",
+    "WorkspaceError",
+]
+
+
+class MlopsError(Exception):
+    """Base class of every error jupyter-mlops raises on purpose."""
+
+
+class InvalidInput(MlopsError, ValueError):
+    """The caller passed something malformed (a metric name, a parameter, a path)."""
+
+
+class NotFound(MlopsError, LookupError):
+    """A run, metric or artifact that was asked for does not exist."""
+
+
+class WorkspaceError(MlopsError):
+    """The workspace cannot be opened or written (permissions, bad URL, locked)."""
+
+
+class SchemaTooNew(WorkspaceError):
+    """The database was migrated by a newer jupyter-mlops than this one."""
+
+
+class RunFailed(MlopsError):
+    """A run that was waited for ended in a state other than ``completed``."""

@@ -1,0 +1,412 @@
+"""The in-run logging API: ``log``, ``log_params``, ``log_image``, ``outputs_dir``,
+``current_run``, ``start_run``, ``should_stop``.
+
+``log()`` only validates and appends to an in-memory queue (a deque: appends and pops are
+atomic, so no lock on the hot path); a background thread writes the queue to the store in
+batches every ``FLUSH_INTERVAL`` seconds, on ``flush()``, at the end of each notebook cell,
+at the end of the run and at interpreter exit. A training loop therefore never waits for
+the database, and a bad value fails at the call that passed it, never later in the thread.
+
+Which run a call logs to: the innermost ``start_run`` block of this process, else the run
+this process was started for (a job sets ``JUPYTER_MLOPS_RUN_ID`` for its kernel).
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import numbers
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, MlopsError
+from .workspace import Run, Workspace, new_run_id, workspace
+
+__all__ = [
+    "current_run",
+    "flush",
+    "log",
+    "log_image",
+    "log_params",
+    "outputs_dir",
+    "should_stop",
+    "start_run",
+]
+
+ENV_RUN_ID = "JUPYTER_MLOPS_RUN_ID"
+ENV_OUTPUTS_DIR = "JUPYTER_MLOPS_OUTPUTS_DIR"
+FLUSH_INTERVAL = 0.1  # seconds; the issue asks for at most 200 ms between flushes
+MAX_KEY_LENGTH = 250
+MAX_BATCH = 50_000
+
+
+class NoActiveRun(MlopsError):
+    """Logging was called outside any run."""
+
+
+def _check_key(key: object, what: str = "metric name") -> str:
+    if not isinstance(key, str):
+        raise InvalidInput(f"{what} must be a string, got {type(key).__name__} {key!r}")
+    if not key.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidInput(
+            f"{what} {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}"
+        )
+    if any(ord(c) < 32 for c in key):
+        raise InvalidInput(f"{what} {key!r} contains control characters")
+    return key
+
+
+def _as_float(key: str, value: object) -> float:
+    """Accept Python and NumPy numbers and one-element tensors; refuse anything else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        item = getattr(value, "item", None)  # numpy 0-d arrays, torch/tf scalars
+        if callable(item) and getattr(value, "size", 1) in (1, None) and not isinstance(
+            value, (str, bytes)
+        ):
+            try:
+                value = item()
+            except (TypeError, ValueError):
+                pass
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidInput(
+                f"metric {key!r} must be a real number, got {type(value).__name__} "
+                f"{value!r:.60}; convert it first, e.g. float(...)"
+            )
+    return float(value)
+
+
+class MetricWriter:
+    """Buffers metric points of one run and writes them in batches from a thread."""
+
+    def __init__(self, ws: Workspace, run_id: str, heartbeat: bool = False):
+        self.ws = ws
+        self.run_id = run_id
+        self._queue: deque[tuple[str, int, float, float]] = deque()
+        self._next_step = {k: s + 1 for k, s in ws.store.last_metric_steps(run_id).items()}
+        self._keys: set[str] = set()
+        self._heartbeat = heartbeat
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._failure: str | None = None
+        self._thread = threading.Thread(
+            target=self._loop, name=f"mlops-writer-{run_id}", daemon=True
+        )
+        self._thread.start()
+
+    def log(self, key: str, value: Any, step: int | None = None) -> None:
+        if key not in self._keys:
+            self._keys.add(_check_key(key))
+        if type(value) is not float and type(value) is not int:
+            value = _as_float(key, value)
+        if step is None:
+            step = self._next_step.get(key, 0)
+        elif type(step) is not int:
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+                raise InvalidInput(f"step of {key!r} must be an integer, got {step!r}")
+            step = int(step)
+        self._next_step[key] = step + 1
+        self._queue.append((key, step, value, time.time()))
+
+    def flush(self) -> None:
+        """Write everything logged so far; returns once it is durable."""
+        with self._flush_lock:
+            while self._queue:
+                n = min(len(self._queue), MAX_BATCH)
+                popleft = self._queue.popleft
+                batch = [popleft() for _ in range(n)]
+                try:
+                    self.ws.store.log_metrics(self.run_id, batch)
+                except BaseException:
+                    self._queue.extendleft(reversed(batch))  # keep them for the next try
+                    raise
+
+    def _loop(self) -> None:
+        last_beat = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            try:
+                self.flush()
+                if self._heartbeat and time.time() - last_beat > self.ws.config.heartbeat_interval:
+                    self.ws.store.heartbeat(self.run_id)
+                    last_beat = time.time()
+                self._failure = None
+            except Exception as exc:  # the database is away: keep the points, retry
+                if self._failure is None:
+                    sys.__stderr__.write(f"jupyter-mlops: cannot write metrics yet ({exc})\n")
+                self._failure = str(exc)
+                self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+
+class _Active:
+    """A run this process logs to, with its writer and outputs folder."""
+
+    def __init__(self, ws: Workspace, run_id: str, outputs: Path, owned: bool):
+        self.run = Run(ws, run_id)
+        self.outputs = outputs
+        self.owned = owned  # True for start_run: this process also ends the run
+        self.writer = MetricWriter(ws, run_id, heartbeat=owned)
+        self._stop_checked = 0.0
+        self._stop = False
+
+
+_stack: list[_Active] = []
+_attached: _Active | None = None
+_lock = threading.RLock()
+
+
+def _job_run() -> _Active | None:
+    """The run this process was started for (by a job), attached on first use."""
+    global _attached
+    run_id = os.environ.get(ENV_RUN_ID)
+    if not run_id:
+        return None
+    with _lock:
+        if _attached is None or _attached.run.id != run_id:
+            ws = workspace()
+            outputs = Path(os.environ.get(ENV_OUTPUTS_DIR) or staging_dir(ws, run_id))
+            outputs.mkdir(parents=True, exist_ok=True)
+            _attached = _Active(ws, run_id, outputs, owned=False)
+            _flush_after_each_cell()
+        return _attached
+
+
+def _active() -> _Active:
+    if _stack:
+        return _stack[-1]
+    found = _job_run()
+    if found is None:
+        raise NoActiveRun(
+            "no active run: call this inside a %%train cell, a notebook started with "
+            "`jupyter mlops run`, or a `with mlops.start_run(...):` block"
+        )
+    return found
+
+
+def staging_dir(ws: Workspace, run_id: str) -> Path:
+    """Local folder where a run's outputs wait before they are stored as artifacts."""
+    return ws.location.directory / "staging" / run_id / "outputs"
+
+
+def current_run() -> Run | None:
+    """The run this code logs to, or None outside any run."""
+    if _stack:
+        return _stack[-1].run
+    found = _job_run()
+    return found.run if found else None
+
+
+def log(key: str, value: float, step: int | None = None) -> None:
+    """Log a scalar metric. ``step`` defaults to the key's previous step + 1 (from 0).
+
+    NaN and ±inf are kept as such. Costs about a microsecond: the point is written to the
+    store by a background thread within ``FLUSH_INTERVAL``.
+    """
+    (_stack[-1] if _stack else _active()).writer.log(key, value, step)
+
+
+def flush() -> None:
+    """Make every point logged so far durable in the store."""
+    for active in [*_stack, _attached]:
+        if active is not None:
+            active.writer.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return repr(value)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Record hyperparameters (merged into the run's params; later values win)."""
+    if not isinstance(params, dict):
+        raise InvalidInput(f"log_params takes a dict, got {type(params).__name__}")
+    clean = {_check_key(k, "parameter name"): _jsonable(v) for k, v in params.items()}
+    active = _active()
+    active.run.workspace.store.merge_run_json(active.run.id, "params", clean)
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    if hasattr(image, "savefig"):  # matplotlib Figure
+        image.savefig(buffer, format="png", bbox_inches="tight")
+    elif hasattr(image, "save") and hasattr(image, "mode"):  # PIL Image
+        image.save(buffer, format="PNG")
+    elif hasattr(image, "shape") and hasattr(image, "dtype"):  # NumPy array (H, W[, C])
+        import matplotlib.image
+
+        matplotlib.image.imsave(buffer, image, format="png")
+    else:
+        raise InvalidInput(
+            f"log_image takes a matplotlib figure, a PIL image or a NumPy array, "
+            f"got {type(image).__name__}"
+        )
+    return buffer.getvalue()
+
+
+def log_image(name: str, image: Any, step: int | None = None) -> str:
+    """Store an image as a PNG artifact under ``images/``; returns its artifact path."""
+    _check_key(name, "image name")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = f"images/{safe}.png" if step is None else f"images/{safe}/step_{int(step):06d}.png"
+    active = _active()
+    ws = active.run.workspace
+    size, digest = ws.artifacts.put_bytes(active.run.id, path, _png_bytes(image))
+    ws.store.record_artifact(active.run.id, path, size, digest)
+    return path
+
+
+def outputs_dir() -> Path:
+    """Folder whose files become the run's artifacts when it ends (whatever the ending)."""
+    return _active().outputs
+
+
+def should_stop() -> bool:
+    """True once the run was asked to stop (canceled, or pruned by a sweep's policy).
+
+    Checks the store at most once a second, so it is cheap to call every step.
+    """
+    active = _active()
+    now = time.monotonic()
+    if not active._stop and now - active._stop_checked > 1.0:
+        active._stop_checked = now
+        row = active.run.workspace.store.get_run_row(active.run.id)
+        active._stop = bool(row and row["cancel_requested_at"])
+    return active._stop
+
+
+def store_outputs(ws: Workspace, run_id: str, folder: Path) -> list[str]:
+    """Move every file under ``folder`` into the run's artifacts (``outputs/...``)."""
+    stored = []
+    if not folder.is_dir():
+        return stored
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = "outputs/" + path.relative_to(folder).as_posix()
+        size, digest = ws.artifacts.put_file(run_id, rel, path)
+        ws.store.record_artifact(run_id, rel, size, digest)
+        stored.append(rel)
+    return stored
+
+
+class start_run:  # noqa: N801 - used like a function: ``with mlops.start_run(...) as run``
+    """Track the work inside a ``with`` block as a run of this process.
+
+    The run ends ``completed``, or ``failed`` with the traceback if the block raises; in
+    both cases the metrics and outputs so far are kept and the run stops being current, so
+    an exception never leaves a stale "active run" behind.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        experiment: str = "Default",
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+    ):
+        self.name = _check_key(name, "run name") if name is not None else None
+        self.experiment = _check_key(experiment, "experiment name")
+        self.params = {k: _jsonable(v) for k, v in (params or {}).items()}
+        self.tags = {k: _jsonable(v) for k, v in (tags or {}).items()}
+        self._active: _Active | None = None
+
+    def __enter__(self) -> Run:
+        from ._environment import capture_environment
+
+        ws = workspace()
+        run_id = new_run_id()
+        parent = current_run()
+        ws.store.create_run(
+            run_id,
+            self.name or f"run-{run_id[:6]}",
+            self.experiment,
+            status="running",
+            kind="inline",
+            params=self.params,
+            tags=self.tags,
+            started_at=time.time(),
+            heartbeat_at=time.time(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            parent_id=parent.id if parent else None,
+            environment=capture_environment(),
+        )
+        outputs = staging_dir(ws, run_id)
+        outputs.mkdir(parents=True, exist_ok=True)
+        self._active = _Active(ws, run_id, outputs, owned=True)
+        with _lock:
+            _stack.append(self._active)
+        return self._active.run
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        active = self._active
+        assert active is not None
+        with _lock:
+            if active in _stack:
+                _stack.remove(active)
+        _end_run(active, None if exc is None else "".join(traceback.format_exception(exc)))
+
+
+def _end_run(active: _Active, error: str | None) -> None:
+    ws, run_id = active.run.workspace, active.run.id
+    try:
+        active.writer.close()
+        store_outputs(ws, run_id, active.outputs)
+    finally:
+        if error is None:
+            ws.store.set_status(run_id, "completed")
+        else:
+            ws.store.set_status(run_id, "failed", error=error)
+
+
+_cell_hook_installed = False
+
+
+def _flush_after_each_cell() -> None:
+    """In a notebook kernel, make a cell's metrics durable when the cell finishes."""
+    global _cell_hook_installed
+    if _cell_hook_installed:
+        return
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.events.register("post_run_cell", lambda *_: flush())
+        _cell_hook_installed = True
+
+
+@atexit.register
+def _at_exit() -> None:
+    for active in reversed(list(_stack)):
+        _end_run(active, "the process exited inside the run")
+    if _attached is not None:
+        _attached.writer.close()
+

@@ -1,0 +1,207 @@
+"""``Run``: a handle on one run that reads its state from the store on every access.
+
+A Run never caches status or metrics: the job writes them from another process, so the only
+truthful answer is the store's current one. Reading is also where a dead job is noticed:
+a run whose heartbeat went stale (or whose process on this host is gone) is marked ``lost``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NotFound, RunFailed
+from ._store import ACTIVE, TERMINAL
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._workspace import Workspace
+
+HOSTNAME = socket.gethostname()
+
+
+def _process_gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+class Run:
+    """A tracked run. Attributes are read from the workspace store each time."""
+
+    def __init__(self, workspace: Workspace, run_id: str):
+        self.workspace = workspace
+        self.id = run_id
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _row(self) -> dict[str, Any]:
+        row = self.workspace.store.get_run_row(self.id)
+        if row is None:
+            raise NotFound(f"no run with id {self.id!r} in {self.workspace.location.directory}")
+        if row["status"] in ("starting", "running") and self._check_lost(row):
+            row = self.workspace.store.get_run_row(self.id) or row
+        return row
+
+    def _check_lost(self, row: dict[str, Any]) -> bool:
+        """Mark the run lost if its job stopped answering; True if it was marked."""
+        now = time.time()
+        reason = None
+        beat = row["heartbeat_at"] or row["started_at"] or row["created_at"]
+        if now - beat > self.workspace.config.lost_after:
+            reason = f"no heartbeat for {now - beat:.0f} s: the job process vanished"
+        elif row["host"] == HOSTNAME and row["pid"] and _process_gone(row["pid"]):
+            # Re-check after a moment: the job may be writing its ending right now.
+            time.sleep(0.2)
+            fresh = self.workspace.store.get_run_row(self.id)
+            if fresh and fresh["status"] in ("starting", "running"):
+                reason = f"the job process (pid {row['pid']}) died without reporting an end"
+        if reason is None:
+            return False
+        return self.workspace.store.set_status(
+            self.id, "lost", only_from=("starting", "running"), error=reason
+        )
+
+    @property
+    def name(self) -> str:
+        return self._row()["name"]
+
+    @property
+    def status(self) -> str:
+        return self._row()["status"]
+
+    @property
+    def experiment(self) -> str:
+        return self._row()["experiment"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._row()["params"])
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        return dict(self._row()["tags"])
+
+    @property
+    def error(self) -> str | None:
+        return self._row()["error"]
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        return self._row()["progress"]
+
+    @property
+    def environment(self) -> dict[str, Any] | None:
+        return self._row()["environment"]
+
+    def info(self) -> dict[str, Any]:
+        """Every stored field of the run, as one dict."""
+        return self._row()
+
+    # -- metrics and logs -----------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        """The latest value of every metric key."""
+        return {k: v["value"] for k, v in self.workspace.store.latest_metrics(self.id).items()}
+
+    def metric_history(self, key: str) -> pd.DataFrame:
+        """Every point of one metric: columns ``step``, ``value``, ``wall_time``."""
+        import pandas as pd
+
+        rows = self.workspace.store.metric_rows(self.id, key=key)
+        frame = pd.DataFrame(
+            [(s, v, w) for _, _, s, v, w in rows], columns=["step", "value", "wall_time"]
+        )
+        return frame.astype({"step": "int64", "value": "float64", "wall_time": "float64"})
+
+    def logs(self) -> str:
+        """The run's whole output so far (stdout and stderr interleaved as they came)."""
+        return "".join(text for _, _, text in self.workspace.store.log_chunks(self.id))
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def artifacts(self) -> list[dict[str, Any]]:
+        """Stored files: ``path``, ``size``, ``sha256``, ``created_at``."""
+        return self.workspace.store.artifacts(self.id)
+
+    def download(self, path: str, dest: str | os.PathLike[str] = ".") -> Path:
+        """Copy an artifact (or every artifact under a folder ``path``) to ``dest``."""
+        stored = {a["path"] for a in self.artifacts()}
+        prefix = path.rstrip("/") + "/"
+        if path in stored:
+            return self.workspace.artifacts.download(self.id, path, dest)
+        inside = sorted(p for p in stored if p.startswith(prefix))
+        if not inside:
+            names = ", ".join(sorted(stored)) or "none"
+            raise NotFound(f"run {self.id} has no artifact {path!r} (it has: {names})")
+        dest = Path(dest)
+        for p in inside:
+            self.workspace.artifacts.download(self.id, p, dest / p[len(prefix):])
+        return dest
+
+    # -- control --------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2, raise_on_failure: bool = True
+             ) -> Run:
+        """Block until the run ends; raise ``RunFailed`` unless it ``completed``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (status := self.status) not in TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id} still {status} after {timeout} s")
+            time.sleep(poll)
+        if raise_on_failure and status != "completed":
+            detail = (self.error or "").strip().splitlines()
+            raise RunFailed(f"run {self.id} ended {status}: {detail[-1] if detail else ''}")
+        return self
+
+    def cancel(self) -> None:
+        """Ask the run to stop; a queued run is canceled at once, a running one by its job."""
+        store = self.workspace.store
+        if store.set_status(self.id, "canceled", only_from=("queued",), error="canceled"):
+            return
+        if self.status in ACTIVE:
+            store.update_run(self.id, cancel_requested_at=time.time())
+
+    # -- display --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        row = self.workspace.store.get_run_row(self.id)
+        status = row["status"] if row else "missing"
+        name = row["name"] if row else "?"
+        return f"<Run {self.id} {name!r} {status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _repr_html_(self) -> str:
+        row = self._row()
+        metrics = self.metrics()
+        cells = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items()
+        )
+        return (
+            f"<div><b>Run {html.escape(row['name'])}</b> <code>{row['id']}</code> "
+            f"— <b>{row['status']}</b> in experiment {html.escape(row['experiment'])}"
+            + (f"<table><tr><th>metric</th><th>latest</th></tr>{cells}</table>" if cells else "")
+            + "</div>"
+        )
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    return f"{value:.6g}"

@@ -1,0 +1,83 @@
+"""Tables of the workspace database.
+
+Timestamps are float seconds since the epoch (portable, cheap to compare). A metric whose
+``value`` is NULL is NaN: SQLite turns a bound NaN into NULL, and ``log`` refuses ``None``,
+so NULL can mean nothing else. The schema itself changes only through the Alembic
+migrations in ``migrations/versions``; these definitions are what queries are written
+against and must match the newest migration (a test checks that).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere metrics need 64 bits.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # notebook | cell | inline
+    sa.Column("source", sa.Text, nullable=True),  # notebook path, or None
+    sa.Column("target", sa.String(64), nullable=True),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=True),
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("progress", sa.JSON, nullable=True),
+    sa.Column("environment", sa.JSON, nullable=True),
+    sa.Column("cancel_requested_at", sa.Float, nullable=True),
+    sa.Column("parent_id", sa.String(32), nullable=True, index=True),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("key", sa.String(250), nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("wall_time", sa.Float, nullable=False),
+    sa.Index("ix_metrics_run_key", "run_id", "key", "id"),
+)
+
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("wall_time", sa.Float, nullable=False),
+    sa.Index("ix_logs_run", "run_id", "id"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -1,0 +1,414 @@
+"""The workspace database: connection set-up, migrations and every read and write.
+
+Thread-safety contract: one ``Store`` may be shared by threads of a process (SQLAlchemy's
+pool hands each thread its own connection); several processes may open the same workspace
+at once. SQLite runs in WAL mode, so readers never block writers; every write transaction
+starts with ``BEGIN IMMEDIATE``, which takes the write lock up front and lets SQLite's busy
+timeout queue writers instead of failing with "database is locked" on lock upgrade.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ..errors import NotFound, SchemaTooNew, WorkspaceError
+from . import _schema as t
+from ._config import WorkspaceConfig, WorkspaceLocation
+
+TERMINAL = ("completed", "failed", "canceled", "pruned", "lost")
+ACTIVE = ("queued", "starting", "running")
+ALL_STATUSES = (*ACTIVE, *TERMINAL)
+
+MetricRow = tuple[str, int, float, float]  # key, step, value, wall_time
+
+
+def _make_engine(url: str, busy_timeout: float) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("mlops_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """All SQL of jupyter-mlops lives here; callers get plain dicts and tuples back."""
+
+    def __init__(self, location: WorkspaceLocation, config: WorkspaceConfig | None = None):
+        self.location = location
+        self.config = config or WorkspaceConfig()
+        if location.database_url.startswith("sqlite"):
+            self._create_directory(location.directory)
+        try:
+            self.engine = _make_engine(location.database_url, self.config.busy_timeout)
+            self._migrate()
+        except sa.exc.OperationalError as exc:
+            raise WorkspaceError(
+                f"cannot open the workspace database {location.database_url}: "
+                f"{exc.orig}. Check that it exists and is writable, or set "
+                "JUPYTER_MLOPS_WORKSPACE to another directory."
+            ) from None
+
+    # -- connection and schema ----------------------------------------------------------
+
+    @staticmethod
+    def _create_directory(directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".write-probe"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise WorkspaceError(
+                f"the workspace directory {directory} is not writable ({exc.strerror}); "
+                "set JUPYTER_MLOPS_WORKSPACE to a directory you can write to"
+            ) from None
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: commits on success, rolls back on any error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(mlops_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (a consistent snapshot under WAL)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest revision; refuse a database from the future."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = _alembic_config()
+        script = ScriptDirectory.from_config(config)
+        head = script.get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current == head:
+            return
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current is not None and current not in known:
+            raise SchemaTooNew(
+                f"the workspace database {self.location.database_url} has schema revision "
+                f"{current!r}, newer than this jupyter-mlops understands (newest: {head!r}); "
+                "upgrade jupyter-mlops (pip install -U jupyter-mlops)"
+            )
+        with self._migration_lock():
+            from alembic import command
+
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(mlops_write=True)
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        # Two processes opening a brand-new workspace at once must not both create tables.
+        if not self.location.database_url.startswith("sqlite"):
+            yield
+            return
+        with open(self.location.directory / ".migrate.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def schema_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- experiments and runs -----------------------------------------------------------
+
+    def experiment_id(self, conn: Connection, name: str) -> int:
+        found = conn.execute(
+            sa.select(t.experiments.c.id).where(t.experiments.c.name == name)
+        ).scalar()
+        if found is not None:
+            return int(found)
+        result = conn.execute(t.experiments.insert().values(name=name, created_at=time.time()))
+        return int(result.inserted_primary_key[0])
+
+    def experiments(self) -> list[dict[str, Any]]:
+        runs = t.runs
+        query = (
+            sa.select(
+                t.experiments.c.name,
+                t.experiments.c.created_at,
+                sa.func.count(runs.c.id).label("runs"),
+            )
+            .select_from(t.experiments.outerjoin(runs))
+            .group_by(t.experiments.c.id)
+            .order_by(t.experiments.c.name)
+        )
+        with self.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def create_run(self, run_id: str, name: str, experiment: str, **fields: Any) -> None:
+        fields.setdefault("params", {})
+        fields.setdefault("tags", {})
+        fields.setdefault("status", "queued")
+        fields.setdefault("kind", "inline")
+        with self.write() as conn:
+            conn.execute(
+                t.runs.insert().values(
+                    id=run_id,
+                    name=name,
+                    experiment_id=self.experiment_id(conn, experiment),
+                    created_at=time.time(),
+                    **fields,
+                )
+            )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self.write() as conn:
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**fields))
+
+    def merge_run_json(self, run_id: str, column: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``values`` into the JSON column ``params`` or ``tags`` atomically."""
+        col = t.runs.c[column]
+        with self.write() as conn:
+            current = conn.execute(sa.select(col).where(t.runs.c.id == run_id)).scalar()
+            if current is None:
+                raise NotFound(f"no run with id {run_id!r}")
+            merged = {**current, **values}
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values({column: merged}))
+            return merged
+
+    def set_status(
+        self, run_id: str, status: str, *, only_from: Sequence[str] = ACTIVE, **fields: Any
+    ) -> bool:
+        """Move a run to ``status`` unless it already left ``only_from``; True if it moved.
+
+        Guarding on the current status makes endings race-free: a run that was canceled is
+        not turned back into ``completed`` by a job finishing a moment later.
+        """
+        if status in TERMINAL:
+            fields.setdefault("ended_at", time.time())
+        if status in ("starting", "running"):
+            fields.setdefault("heartbeat_at", time.time())
+        with self.write() as conn:
+            result = conn.execute(
+                t.runs.update()
+                .where(t.runs.c.id == run_id, t.runs.c.status.in_(only_from))
+                .values(status=status, **fields)
+            )
+            return result.rowcount == 1
+
+    def heartbeat(self, run_id: str) -> float | None:
+        """Record that the job is alive; returns when a cancel was requested, if it was."""
+        with self.write() as conn:
+            conn.execute(
+                t.runs.update().where(t.runs.c.id == run_id).values(heartbeat_at=time.time())
+            )
+            return conn.execute(
+                sa.select(t.runs.c.cancel_requested_at).where(t.runs.c.id == run_id)
+            ).scalar()
+
+    def _run_query(self) -> sa.Select:
+        return sa.select(t.runs, t.experiments.c.name.label("experiment")).join(t.experiments)
+
+    def get_run_row(self, run_id: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(self._run_query().where(t.runs.c.id == run_id)).first()
+        return dict(row._mapping) if row else None
+
+    def find_runs(self, ref: str) -> list[dict[str, Any]]:
+        """Runs whose id or name starts with ``ref`` (exact matches first)."""
+        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = self._run_query().where(
+            sa.or_(
+                t.runs.c.id.like(escaped + "%", escape="\\"),
+                t.runs.c.name.like(escaped + "%", escape="\\"),
+            )
+        )
+        with self.read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query.limit(50))]
+        exact = [r for r in rows if ref in (r["id"], r["name"])]
+        return exact or rows
+
+    def list_runs(
+        self,
+        experiment: str | None = None,
+        status: str | Sequence[str] | None = None,
+        tags: dict[str, Any] | None = None,
+        parent_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        query = self._run_query().order_by(t.runs.c.created_at.desc())
+        if experiment is not None:
+            query = query.where(t.experiments.c.name == experiment)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            query = query.where(t.runs.c.status.in_(statuses))
+        if parent_id is not None:
+            query = query.where(t.runs.c.parent_id == parent_id)
+        with self.read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        if tags:  # JSON filtering differs per database; the list is small, filter here.
+            rows = [r for r in rows if all(r["tags"].get(k) == v for k, v in tags.items())]
+        return rows[:limit] if limit else rows
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def log_metrics(self, run_id: str, rows: Iterable[MetricRow]) -> int:
+        """Insert a batch of metric points in one transaction; returns how many."""
+        batch = [
+            {
+                "run_id": run_id,
+                "key": key,
+                "step": step,
+                "value": None if value != value else value,  # NaN is stored as NULL
+                "wall_time": wall_time,
+            }
+            for key, step, value, wall_time in rows
+        ]
+        if batch:
+            with self.write() as conn:
+                conn.execute(t.metrics.insert(), batch)
+        return len(batch)
+
+    def last_metric_steps(self, run_id: str) -> dict[str, int]:
+        """The highest step of every key, so a resumed writer continues the numbering."""
+        query = (
+            sa.select(t.metrics.c.key, sa.func.max(t.metrics.c.step))
+            .where(t.metrics.c.run_id == run_id)
+            .group_by(t.metrics.c.key)
+        )
+        with self.read() as conn:
+            return {key: int(step) for key, step in conn.execute(query)}
+
+    def latest_metrics(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The last logged point of every key: ``{key: {"value", "step", "wall_time"}}``."""
+        newest = (
+            sa.select(sa.func.max(t.metrics.c.id))
+            .where(t.metrics.c.run_id == run_id)
+            .group_by(t.metrics.c.key)
+        )
+        query = sa.select(
+            t.metrics.c.key, t.metrics.c.step, t.metrics.c.value, t.metrics.c.wall_time
+        ).where(t.metrics.c.id.in_(newest))
+        with self.read() as conn:
+            return {
+                key: {"value": _nan_if_null(value), "step": step, "wall_time": wall}
+                for key, step, value, wall in conn.execute(query)
+            }
+
+    def metric_rows(
+        self, run_id: str, key: str | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str, int, float, float]]:
+        """Metric points in logging order, from ``after_id`` on (for incremental readers)."""
+        m = t.metrics
+        query = (
+            sa.select(m.c.id, m.c.key, m.c.step, m.c.value, m.c.wall_time)
+            .where(m.c.run_id == run_id, m.c.id > after_id)
+            .order_by(m.c.id)
+        )
+        if key is not None:
+            query = query.where(m.c.key == key)
+        if limit:
+            query = query.limit(limit)
+        with self.read() as conn:
+            return [
+                (i, k, s, _nan_if_null(v), w) for i, k, s, v, w in conn.execute(query)
+            ]
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def append_logs(self, run_id: str, chunks: Iterable[tuple[str, str, float]]) -> None:
+        """Append ``(stream, text, wall_time)`` chunks of a run's output."""
+        batch = [
+            {"run_id": run_id, "stream": s, "text": text, "wall_time": w}
+            for s, text, w in chunks
+            if text
+        ]
+        if batch:
+            with self.write() as conn:
+                conn.execute(t.logs.insert(), batch)
+
+    def log_chunks(self, run_id: str, after_id: int = 0) -> list[tuple[int, str, str]]:
+        query = (
+            sa.select(t.logs.c.id, t.logs.c.stream, t.logs.c.text)
+            .where(t.logs.c.run_id == run_id, t.logs.c.id > after_id)
+            .order_by(t.logs.c.id)
+        )
+        with self.read() as conn:
+            return [tuple(r) for r in conn.execute(query)]
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def record_artifact(self, run_id: str, path: str, size: int, sha256: str) -> None:
+        with self.write() as conn:
+            conn.execute(
+                t.artifacts.delete().where(
+                    t.artifacts.c.run_id == run_id, t.artifacts.c.path == path
+                )
+            )
+            conn.execute(
+                t.artifacts.insert().values(
+                    run_id=run_id, path=path, size=size, sha256=sha256, created_at=time.time()
+                )
+            )
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        a = t.artifacts
+        query = (
+            sa.select(a.c.path, a.c.size, a.c.sha256, a.c.created_at)
+            .where(a.c.run_id == run_id)
+            .order_by(a.c.path)
+        )
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _nan_if_null(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return config
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,114 @@
+"""``Workspace``: the entry point to everything stored — runs, metrics, artifacts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInput, NotFound
+from ._artifacts import ArtifactStore
+from ._config import WorkspaceConfig, WorkspaceLocation, resolve_location
+from ._run import Run
+from ._store import ALL_STATUSES, Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_cache: dict[WorkspaceLocation, Workspace] = {}
+_cache_lock = threading.Lock()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Workspace:
+    """A database plus an artifact store. Get one with ``jupyter_mlops.workspace()``."""
+
+    def __init__(self, location: WorkspaceLocation, config: WorkspaceConfig | None = None):
+        self.location = location
+        self.config = config or WorkspaceConfig()
+        self.store = Store(location, self.config)
+        self.artifacts = ArtifactStore(location.artifact_url)
+
+    def __repr__(self) -> str:
+        return f"<Workspace {self.location.directory}>"
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get_run(self, ref: str) -> Run:
+        """A run by id, or by a unique prefix of its id or name."""
+        ref = str(ref).strip()
+        if not ref:
+            raise InvalidInput("a run id or name is needed")
+        matches = self.store.find_runs(ref)
+        if not matches:
+            raise NotFound(
+                f"no run matches {ref!r} in {self.location.directory} "
+                "(list them with: jupyter mlops runs ls)"
+            )
+        if len(matches) > 1:
+            shown = ", ".join(f"{m['id']} ({m['name']})" for m in matches[:5])
+            raise NotFound(f"{ref!r} matches {len(matches)} runs: {shown}; give more of the id")
+        return Run(self, matches[0]["id"])
+
+    def runs(
+        self,
+        experiment: str | None = None,
+        status: str | list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, filtered by experiment, status and tags."""
+        for s in [status] if isinstance(status, str) else status or []:
+            if s not in ALL_STATUSES:
+                raise InvalidInput(f"unknown status {s!r}; use one of {', '.join(ALL_STATUSES)}")
+        rows = self.store.list_runs(experiment=experiment, status=status, tags=tags, limit=limit)
+        runs = [Run(self, r["id"]) for r in rows]
+        for run, row in zip(runs, rows):
+            if row["status"] in ("starting", "running"):
+                run._check_lost(row)
+        return runs
+
+    def runs_dataframe(
+        self,
+        experiment: str | None = None,
+        status: str | list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """One row per run: id, name, experiment, status, times, ``param.*`` and
+        ``metric.*`` columns (latest values) — ready to sort and compare."""
+        import pandas as pd
+
+        records = []
+        for run in self.runs(experiment=experiment, status=status, tags=tags):
+            row = run.info()
+            record = {
+                "id": row["id"],
+                "name": row["name"],
+                "experiment": row["experiment"],
+                "status": row["status"],
+                "created": pd.to_datetime(row["created_at"], unit="s"),
+                "duration_s": (row["ended_at"] - row["started_at"])
+                if row["ended_at"] and row["started_at"]
+                else None,
+            }
+            record.update({f"param.{k}": v for k, v in row["params"].items()})
+            record.update({f"tag.{k}": v for k, v in row["tags"].items()})
+            record.update({f"metric.{k}": v for k, v in run.metrics().items()})
+            records.append(record)
+        return pd.DataFrame.from_records(records)
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return self.store.experiments()
+
+
+def workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
+    """The current workspace (see DESIGN.md for how its location is found)."""
+    location = resolve_location(path)
+    with _cache_lock:
+        if location not in _cache:
+            _cache[location] = Workspace(location)
+        return _cache[location]

@@ -164,6 +164,7 @@ class _Active:
         self.writer = MetricWriter(ws, run_id, heartbeat=owned)
         self._stop_checked = 0.0
         self._stop = False
+        self.environment: threading.Thread | None = None
 
 
 _stack: list[_Active] = []
@@ -297,8 +298,7 @@ def should_stop() -> bool:
     now = time.monotonic()
     if not active._stop and now - active._stop_checked > 1.0:
         active._stop_checked = now
-        row = active.run.workspace.store.get_run_row(active.run.id)
-        active._stop = bool(row and row["cancel_requested_at"])
+        active._stop = active.run.workspace.store.cancel_requested(active.run.id)
     return active._stop
 
 
@@ -355,11 +355,17 @@ class start_run:  # noqa: N801 - used like a function: ``with mlops.start_run(..
             host=socket.gethostname(),
             pid=os.getpid(),
             parent_id=parent.id if parent else None,
-            environment=capture_environment(),
         )
         outputs = staging_dir(ws, run_id)
         outputs.mkdir(parents=True, exist_ok=True)
         self._active = _Active(ws, run_id, outputs, owned=True)
+        # Listing installed packages takes ~0.2 s: do it beside the user's code, not before.
+        self._active.environment = threading.Thread(
+            target=lambda: ws.store.update_run(run_id, environment=capture_environment()),
+            name="mlops-environment",
+            daemon=True,
+        )
+        self._active.environment.start()
         with _lock:
             _stack.append(self._active)
         return self._active.run
@@ -378,6 +384,8 @@ def _end_run(active: _Active, error: str | None) -> None:
     try:
         active.writer.close()
         store_outputs(ws, run_id, active.outputs)
+        if active.environment is not None:
+            active.environment.join(timeout=30)
     finally:
         if error is None:
             ws.store.set_status(run_id, "completed")

@@ -23,9 +23,9 @@ CHUNK = 1 << 20
 
 def clean_relpath(path: str) -> str:
     """A relative artifact path with ``/`` separators; refuses absolute paths and ``..``."""
-    norm = posixpath.normpath(str(path).replace(os.sep, "/")).lstrip("./") if path else ""
-    parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts or str(path).startswith("/"):
+    raw = str(path).replace(os.sep, "/") if path else ""
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or raw.startswith("/"):
         raise InvalidInput(
             f"artifact path {path!r} must be relative and stay inside the run "
             "(no leading '/', no '..')"

@@ -39,7 +39,8 @@ class Workspace:
     # -- reading --------------------------------------------------------------------------
 
     def get_run(self, ref: str) -> Run:
-        """A run by id, or by a unique prefix of its id or name."""
+        """A run by id, by name (the newest run of that name), or by a unique prefix of
+        its id or name."""
         ref = str(ref).strip()
         if not ref:
             raise InvalidInput("a run id or name is needed")

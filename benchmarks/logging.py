@@ -1,0 +1,438 @@
+"""How fast is ``mlops.log``? Logging N scalar points from a tight Python loop.
+
+Measures, in one run and on this machine:
+
+* jupyter-mlops — ns per ``mlops.log`` call inside the loop (median and mean over batches
+  of 1,000 calls) and points/s *until durable*: from loop start until ``mlops.flush()``
+  returns, with the rows counted in the database afterwards (any lost point is an error);
+* MLflow (if installed) — ``mlflow.log_metric`` on a SQLite tracking URI, per call, on a
+  small sample (it costs milliseconds a call), and ``MlflowClient.log_batch`` in batches
+  of 1,000 metrics (points/s);
+* W&B offline (if installed) — ``wandb.log`` per call and points/s until ``wandb.finish()``
+  on a sample;
+* a raw ``sqlite3`` baseline — WAL file, a table shaped like ours, ``executemany`` in
+  batches of 10,000 rows with a commit each: the practical limit for the durable rate;
+* a plain ``list.append`` loop — the floor for a per-call figure.
+
+It ends with ratios and PASS/MISS against the targets of the issue: under 2 µs per
+``mlops.log`` call and at least 300,000 points/s durable.
+
+Run it on demand (it is not a test)::
+
+    pip install -e '.[bench]'          # MLflow and W&B are optional
+    python benchmarks/logging.py [--points N] [--sample S] [--batch-sample B]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is called logging.py: drop its folder from the import path, or every
+# ``import logging`` (SQLAlchemy, Alembic, MLflow...) would import this script.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from time import perf_counter_ns  # noqa: E402
+
+BATCH = 1_000  # calls timed together; the per-call figure is the batch time / BATCH
+TARGET_NS_PER_CALL = 2_000
+TARGET_POINTS_PER_S = 300_000
+
+
+@dataclass
+class Result:
+    """One line of the table."""
+
+    name: str
+    points: int
+    median_ns: float | None = None  # per call
+    mean_ns: float | None = None
+    points_per_s: float | None = None
+    note: str = ""
+    skipped: str | None = None  # why there is no figure
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _per_call(batch_ns: list[float]) -> tuple[float, float]:
+    """Median and mean per-call ns from per-batch per-call figures."""
+    return statistics.median(batch_ns), statistics.fmean(batch_ns)
+
+
+@contextlib.contextmanager
+def _tempdir(prefix: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+# -- contenders ----------------------------------------------------------------------------
+
+
+def bench_list_append(n: int) -> Result:
+    """The floor: the same loop shape appending a tuple to a list."""
+    points: list[tuple[str, int, float]] = []
+    append = points.append
+    batch_ns: list[float] = []
+    for start in range(0, n, BATCH):
+        end = min(start + BATCH, n)
+        t0 = perf_counter_ns()
+        for i in range(start, end):
+            append(("loss", i, i * 0.5))
+        batch_ns.append((perf_counter_ns() - t0) / (end - start))
+    assert len(points) == n
+    median, mean = _per_call(batch_ns)
+    return Result("list.append (floor)", n, median, mean, note="no I/O at all")
+
+
+def bench_raw_sqlite(n: int, batch: int = 10_000) -> Result:
+    """sqlite3 executemany into a WAL file with our metrics table and index."""
+    with _tempdir("bench-sqlite-") as tmp:
+        conn = sqlite3.connect(tmp / "raw.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # as the workspace store
+        conn.execute(
+            "CREATE TABLE metrics (id INTEGER PRIMARY KEY, run_id VARCHAR(32) NOT NULL, "
+            "key VARCHAR(250) NOT NULL, step BIGINT NOT NULL, value FLOAT, "
+            "wall_time FLOAT NOT NULL)"
+        )
+        conn.execute("CREATE INDEX ix_metrics_run_key ON metrics (run_id, key, id)")
+        run_id = "0123456789abcdef0123456789abcdef"
+        now = time.time()
+        t0 = perf_counter_ns()
+        for start in range(0, n, batch):
+            rows = [(run_id, "loss", i, i * 0.5, now) for i in range(start, min(start + batch, n))]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        elapsed = perf_counter_ns() - t0
+        count = conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+        conn.close()
+    if count != n:
+        raise SystemExit(f"raw sqlite3 stored {count} rows of {n}")
+    return Result(
+        "sqlite3 executemany (raw)",
+        n,
+        points_per_s=n / (elapsed / 1e9),
+        note=f"WAL, {batch:,} rows/commit; practical limit",
+    )
+
+
+def bench_mlops(n: int) -> Result:
+    """mlops.log in a tight loop inside start_run, then flush; rows counted afterwards."""
+    with _tempdir("bench-mlops-") as tmp:
+        os.environ["JUPYTER_MLOPS_WORKSPACE"] = str(tmp / "ws")
+        import jupyter_mlops as mlops
+
+        ws = mlops.workspace()
+        database = ws.store.engine.url.database
+        log = mlops.log
+        batch_ns: list[float] = []
+        with mlops.start_run("bench", experiment="bench") as run:
+            t_start = perf_counter_ns()
+            for start in range(0, n, BATCH):
+                end = min(start + BATCH, n)
+                t0 = perf_counter_ns()
+                for i in range(start, end):
+                    log("loss", i * 0.5, step=i)
+                batch_ns.append((perf_counter_ns() - t0) / (end - start))
+            t_loop = perf_counter_ns()
+            mlops.flush()
+            t_durable = perf_counter_ns()
+            with contextlib.closing(sqlite3.connect(database)) as check:
+                count, last_step, nulls = check.execute(
+                    "SELECT count(*), max(step), sum(value IS NULL) FROM metrics "
+                    "WHERE run_id = ? AND key = 'loss'",
+                    (run.id,),
+                ).fetchone()
+        ws.store.close()
+        del os.environ["JUPYTER_MLOPS_WORKSPACE"]
+    if count != n or last_step != n - 1 or nulls:
+        raise SystemExit(
+            f"jupyter-mlops LOST POINTS: {count} rows of {n} in the database "
+            f"(last step {last_step}, {nulls} NULL values)"
+        )
+    median, mean = _per_call(batch_ns)
+    return Result(
+        "jupyter-mlops mlops.log",
+        n,
+        median,
+        mean,
+        points_per_s=n / ((t_durable - t_start) / 1e9),
+        note=f"durable: loop start → flush() returned, {count:,} rows counted",
+        extra={"loop_s": (t_loop - t_start) / 1e9, "flush_s": (t_durable - t_loop) / 1e9},
+    )
+
+
+def bench_mlflow_log_metric(sample: int) -> Result:
+    """mlflow.log_metric, one call per point, on a SQLite tracking store."""
+    name = "mlflow.log_metric (sqlite)"
+    if importlib.util.find_spec("mlflow") is None:
+        return Result(name, 0, skipped="not installed")
+    import mlflow
+
+    with _tempdir("bench-mlflow-") as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+        with _quiet():
+            mlflow.set_experiment("bench")  # creates the database: not timed
+        per_call: list[float] = []
+        with mlflow.start_run():
+            t_start = perf_counter_ns()
+            for i in range(sample):
+                t0 = perf_counter_ns()
+                mlflow.log_metric("loss", i * 0.5, step=i)
+                per_call.append(perf_counter_ns() - t0)
+            elapsed = perf_counter_ns() - t_start
+    median, mean = _per_call(per_call)
+    return Result(
+        name,
+        sample,
+        median,
+        mean,
+        points_per_s=sample / (elapsed / 1e9),
+        note=f"SAMPLE of {sample:,} points (each call is a transaction)",
+    )
+
+
+def bench_mlflow_log_batch(n: int, batch: int = 1_000) -> Result:
+    """MlflowClient.log_batch with 1,000 Metric objects a call (MLflow's per-call maximum)."""
+    name = f"MlflowClient.log_batch ({batch:,}/call)"
+    if importlib.util.find_spec("mlflow") is None:
+        return Result(name, 0, skipped="not installed")
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    with _tempdir("bench-mlflow-batch-") as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+        with _quiet():
+            mlflow.set_experiment("bench")
+        client = MlflowClient()
+        with mlflow.start_run() as run:
+            run_id = run.info.run_id
+            t_start = perf_counter_ns()
+            for start in range(0, n, batch):
+                now = int(time.time() * 1000)
+                metrics = [
+                    Metric("loss", i * 0.5, now, i) for i in range(start, min(start + batch, n))
+                ]
+                client.log_batch(run_id, metrics=metrics)
+            elapsed = perf_counter_ns() - t_start
+        stored = len(client.get_metric_history(run_id, "loss"))
+    if stored != n:
+        raise SystemExit(f"MLflow log_batch stored {stored} points of {n}")
+    return Result(
+        name,
+        n,
+        points_per_s=n / (elapsed / 1e9),
+        note=f"Metric objects built in the loop; {stored:,} points read back",
+    )
+
+
+def bench_wandb(sample: int) -> Result:
+    """wandb.log in offline mode, one call per point, then wandb.finish()."""
+    name = "wandb.log (offline)"
+    if importlib.util.find_spec("wandb") is None:
+        return Result(name, 0, skipped="not installed")
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    with _tempdir("bench-wandb-") as tmp:
+        try:
+            with _quiet():
+                wandb_run = wandb.init(
+                    mode="offline", dir=str(tmp), project="bench", settings=_wandb_settings()
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure only skips this contender
+            return Result(name, 0, skipped=f"wandb.init failed: {exc}")
+        batch_ns: list[float] = []
+        t_start = perf_counter_ns()
+        for start in range(0, sample, BATCH):
+            end = min(start + BATCH, sample)
+            t0 = perf_counter_ns()
+            for i in range(start, end):
+                wandb_run.log({"loss": i * 0.5}, step=i)
+            batch_ns.append((perf_counter_ns() - t0) / (end - start))
+        with _quiet():
+            wandb_run.finish()
+        elapsed = perf_counter_ns() - t_start
+    median, mean = _per_call(batch_ns)
+    return Result(
+        name,
+        sample,
+        median,
+        mean,
+        points_per_s=sample / (elapsed / 1e9),
+        note=f"SAMPLE of {sample:,} points; rate until wandb.finish() returned",
+    )
+
+
+def _wandb_settings() -> object:
+    import wandb
+
+    # No system metrics, code or git capture: measure logging only.
+    return wandb.Settings(
+        x_disable_stats=True, x_disable_meta=True, console="off", save_code=False
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the chatter of third-party set-up calls (their warnings are not figures)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _ns(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1e6:
+        return f"{value / 1e6:,.2f} ms"
+    if value >= 1e3:
+        return f"{value / 1e3:,.2f} µs"
+    return f"{value:,.0f} ns"
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def print_table(results: list[Result]) -> None:
+    header = ("contender", "points", "median/call", "mean/call", "points/s", "note")
+    rows = [
+        (
+            r.name,
+            f"{r.points:,}" if r.points else "—",
+            _ns(r.median_ns),
+            _ns(r.mean_ns),
+            _rate(r.points_per_s),
+            r.skipped or r.note,
+        )
+        for r in results
+    ]
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+    right = {1, 2, 3, 4}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(w) if c in right else cell.ljust(w)
+            for c, (cell, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+
+
+def print_ratios(by_name: dict[str, Result]) -> None:
+    mlops = by_name["jupyter-mlops mlops.log"]
+    print()
+    print("Ratios")
+    assert mlops.median_ns is not None and mlops.points_per_s is not None
+    floor = by_name["list.append (floor)"]
+    if floor.median_ns:
+        print(f"  mlops.log per call costs {mlops.median_ns / floor.median_ns:,.1f}× a list.append")
+    for name, label in (
+        ("mlflow.log_metric (sqlite)", "mlflow.log_metric"),
+        ("wandb.log (offline)", "wandb.log (offline)"),
+    ):
+        other = by_name.get(name)
+        if other and other.median_ns:
+            print(
+                f"  mlops.log per call is {other.median_ns / mlops.median_ns:,.0f}× faster "
+                f"than {label} (median)"
+            )
+    for name in by_name:
+        other = by_name[name]
+        if name.startswith("MlflowClient.log_batch") and other.points_per_s:
+            print(
+                f"  durable rate is {mlops.points_per_s / other.points_per_s:,.1f}× "
+                f"MlflowClient.log_batch's"
+            )
+    raw = by_name["sqlite3 executemany (raw)"]
+    if raw.points_per_s:
+        print(f"  durable rate is {100 * mlops.points_per_s / raw.points_per_s:.0f}% of raw sqlite3 "
+              "executemany")
+    loop_s, flush_s = mlops.extra["loop_s"], mlops.extra["flush_s"]
+    print(f"  (jupyter-mlops: loop {loop_s:.2f} s, then flush() waited {flush_s:.2f} s)")
+
+    print()
+    print("Targets (issue)")
+    ok_call = mlops.median_ns < TARGET_NS_PER_CALL
+    ok_rate = mlops.points_per_s >= TARGET_POINTS_PER_S
+    print(
+        f"  {'PASS' if ok_call else 'MISS'}  mlops.log per call  {_ns(mlops.median_ns)} median "
+        f"(mean {_ns(mlops.mean_ns)})  target < {_ns(TARGET_NS_PER_CALL)}"
+    )
+    print(
+        f"  {'PASS' if ok_rate else 'MISS'}  durable rate        {_rate(mlops.points_per_s)} "
+        f"points/s  target ≥ {TARGET_POINTS_PER_S:,}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=1_000_000, help="N points (1,000,000)")
+    parser.add_argument(
+        "--sample", type=int, default=2_000,
+        help="points for the slow per-call contenders: mlflow.log_metric (2,000); "
+        "wandb.log logs 10× this",
+    )
+    parser.add_argument(
+        "--batch-sample", type=int, default=200_000,
+        help="points for MlflowClient.log_batch, at most N (200,000)",
+    )
+    args = parser.parse_args(argv)
+    n = args.points
+    if n < 1 or args.sample < 1 or args.batch_sample < 1:
+        parser.error("counts must be positive")
+
+    print(
+        f"Logging {n:,} scalar points — Python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform(terse=True)}"
+    )
+    steps = [
+        ("list.append", lambda: bench_list_append(n)),
+        ("raw sqlite3", lambda: bench_raw_sqlite(n)),
+        ("jupyter-mlops", lambda: bench_mlops(n)),
+        ("mlflow.log_metric", lambda: bench_mlflow_log_metric(min(args.sample, n))),
+        ("mlflow log_batch", lambda: bench_mlflow_log_batch(min(args.batch_sample, n))),
+        ("wandb", lambda: bench_wandb(min(10 * args.sample, n))),
+    ]
+    results: list[Result] = []
+    for label, step in steps:
+        print(f"  measuring {label}...", file=sys.stderr, flush=True)
+        gc.collect()
+        results.append(step())
+    print()
+    print_table(results)
+    print_ratios({r.name: r for r in results})
+    mlops = results[2]
+    assert mlops.median_ns is not None and mlops.points_per_s is not None
+    met = mlops.median_ns < TARGET_NS_PER_CALL and mlops.points_per_s >= TARGET_POINTS_PER_S
+    return 0 if met and not math.isnan(mlops.points_per_s) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Execute a job notebook with papermill in a fresh kernel, reporting to the store.
+
+This is the one execution path of the project: ``jupyter mlops run`` and ``%%train`` both
+end here. The runner process (``jupyter_mlops.jobs.runner``) owns the kernel; it streams the
+kernel's output into the run's log, records which cell runs, beats the heartbeat, obeys a
+cancel request or a timeout, and always writes an ending: artifacts first, then the status,
+so a reader that sees the run ended also sees its files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from ..tracking import ENV_OUTPUTS_DIR, ENV_RUN_ID, store_outputs
+from ..workspace import Workspace
+from ._spec import JobSpec, job_dir
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+LOG_FLUSH_INTERVAL = 0.1
+CANCEL_GRACE = 5.0  # seconds between the interrupt and the kill
+
+
+class LogSink:
+    """A file-like object papermill writes cell output to; batches it into the store."""
+
+    def __init__(self, ws: Workspace, run_id: str):
+        self.ws, self.run_id = ws, run_id
+        self._queue: deque[tuple[str, str, float]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlops-log", daemon=True)
+        self._thread.start()
+
+    def stream(self, name: str) -> _Stream:
+        return _Stream(self, name)
+
+    def write(self, stream: str, text: str) -> None:
+        self._queue.append((stream, text, time.time()))
+
+    def flush(self) -> None:
+        batch = [self._queue.popleft() for _ in range(len(self._queue))]
+        if batch:
+            self.ws.store.append_logs(self.run_id, batch)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(LOG_FLUSH_INTERVAL):
+            try:
+                self.flush()
+            except Exception as exc:  # keep running; the next round retries
+                sys.__stderr__.write(f"jupyter-mlops: log write failed: {exc}\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+
+class _Stream:
+    def __init__(self, sink: LogSink, name: str):
+        self.sink, self.name = sink, name
+
+    def write(self, text: str) -> int:
+        self.sink.write(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class Watchdog:
+    """Beats the heartbeat; interrupts then kills the kernel on cancel or timeout."""
+
+    def __init__(self, ws: Workspace, spec: JobSpec, kernel_pid: Callable[[], int | None]):
+        self.ws, self.spec, self._kernel_pid = ws, spec, kernel_pid
+        self.stop_reason: str | None = None  # "canceled" or "timeout"
+        self._interrupted_at: float | None = None
+        self._done = threading.Event()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="mlops-watchdog", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self._done.wait(0.25):
+            try:
+                if time.monotonic() - last_beat >= self.ws.config.heartbeat_interval:
+                    self.ws.store.heartbeat(self.spec.run_id)
+                    last_beat = time.monotonic()
+                if self.stop_reason is None and self.ws.store.cancel_requested(self.spec.run_id):
+                    self.stop_reason = "canceled"
+            except Exception as exc:
+                sys.__stderr__.write(f"jupyter-mlops: heartbeat failed: {exc}\n")
+            timeout = self.spec.timeout
+            if self.stop_reason is None and timeout and time.monotonic() - self._started > timeout:
+                self.stop_reason = "timeout"
+            if self.stop_reason:
+                self._stop_kernel()
+
+    def _stop_kernel(self) -> None:
+        pid = self._kernel_pid()
+        if pid is None:
+            return
+        now = time.monotonic()
+        try:
+            if self._interrupted_at is None:
+                os.kill(pid, signal.SIGINT)
+                self._interrupted_at = now
+            elif now - self._interrupted_at > CANCEL_GRACE:
+                kill_tree(pid)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (a kernel's data loaders, for example)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=5)
+
+
+def _error_text(exc: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        lines = [ANSI.sub("", line) for line in exc.traceback]
+        return "\n".join(lines) or f"{exc.ename}: {exc.evalue}"
+    return "".join(traceback.format_exception(exc))
+
+
+def execute(ws: Workspace, spec: JobSpec) -> str:
+    """Run the job to an ending and record it; returns the final status."""
+    import nbformat
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient.exceptions import DeadKernelError
+
+    from .._environment import capture_environment
+
+    store, run_id = ws.store, spec.run_id
+    folder = job_dir(ws, run_id)
+    outputs = folder / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    output_nb = folder / "executed.ipynb"
+
+    store.set_status(
+        run_id, "starting", only_from=("queued",),
+        started_at=time.time(), host=socket.gethostname(), pid=os.getpid(),
+    )
+    env_thread = threading.Thread(
+        target=lambda: store.update_run(run_id, environment=capture_environment()), daemon=True
+    )
+    env_thread.start()
+
+    os.environ.update(ws.location.to_env())
+    os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), **spec.env})
+    os.environ["JUPYTER_MLOPS_HEADLESS"] = "1" if spec.headless else "0"
+
+    source = nbformat.read(spec.notebook, as_version=4)
+    code_cells = [i for i, c in enumerate(source.cells) if c.cell_type == "code"]
+    total = len(code_cells)
+    current: dict[str, Any] = {"index": None, "first_line": ""}
+
+    def on_notebook_start(**_: Any) -> None:
+        store.set_status(run_id, "running", only_from=("starting",))
+
+    def on_cell_start(cell: Any, cell_index: int, **_: Any) -> None:
+        if cell.cell_type != "code":
+            return
+        first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+        position = sum(1 for i in code_cells if i <= cell_index)
+        current.update(index=position, first_line=first)
+        store.update_run(
+            run_id,
+            progress={"cell": position, "cells": total, "source": first[:200],
+                      "started_at": time.time()},
+        )
+
+    km = AsyncKernelManager(kernel_name=spec.kernel_name or source.metadata.get(
+        "kernelspec", {}).get("name") or "python3")
+
+    def kernel_pid() -> int | None:
+        provisioner = getattr(km, "provisioner", None)
+        return getattr(provisioner, "pid", None) if provisioner else None
+
+    sink = LogSink(ws, run_id)
+    watchdog = Watchdog(ws, spec, kernel_pid)
+    error: str | None = None
+    try:
+        papermill.execute_notebook(
+            spec.notebook,
+            str(output_nb),
+            parameters=spec.parameters,
+            kernel_name=km.kernel_name,
+            cwd=spec.cwd,
+            progress_bar=False,
+            log_output=False,
+            stdout_file=sink.stream("stdout"),
+            stderr_file=sink.stream("stderr"),
+            km=km,
+            on_notebook_start=on_notebook_start,
+            on_cell_start=on_cell_start,
+        )
+    except DeadKernelError:
+        error = (
+            f"the kernel died while running cell {current['index']} of {total} "
+            f"({current['first_line']!r}): killed by a signal or out of memory"
+        )
+    except BaseException as exc:  # a cell raised, papermill failed, or we were interrupted
+        error = _error_text(exc)
+    finally:
+        watchdog.close()
+        if error:
+            sink.write("stderr", "\n" + error + "\n")
+        sink.close()
+        if kernel_pid() is not None:
+            kill_tree(kernel_pid())  # never leave a kernel holding a GPU behind
+
+    return _finish(ws, spec, watchdog.stop_reason, error, outputs, output_nb, env_thread)
+
+
+def _finish(
+    ws: Workspace,
+    spec: JobSpec,
+    stop_reason: str | None,
+    error: str | None,
+    outputs: Path,
+    output_nb: Path,
+    env_thread: threading.Thread,
+) -> str:
+    store, run_id = ws.store, spec.run_id
+    stored_error = None
+    try:
+        store_outputs(ws, run_id, outputs)
+        if output_nb.exists():
+            size, digest = ws.artifacts.put_file(run_id, "notebook.ipynb", output_nb)
+            store.record_artifact(run_id, "notebook.ipynb", size, digest)
+    except Exception:
+        stored_error = "storing the run's files failed:\n" + traceback.format_exc()
+    env_thread.join(timeout=30)
+
+    if stop_reason == "canceled":
+        status, message = "canceled", "canceled by request"
+    elif stop_reason == "timeout":
+        status, message = "failed", f"timed out after {spec.timeout:g} s"
+    elif error:
+        status, message = "failed", error
+    elif stored_error:
+        status, message = "failed", stored_error
+    else:
+        status, message = "completed", None
+    store.set_status(run_id, status, error=message)
+    return status

@@ -1,0 +1,194 @@
+"""The workspace store: location, migrations, schema guard, SQLite settings, artifacts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jupyter_mlops.errors import InvalidInput, NotFound, SchemaTooNew, WorkspaceError
+from jupyter_mlops.workspace import (
+    ArtifactStore,
+    Store,
+    WorkspaceConfig,
+    new_run_id,
+    resolve_location,
+)
+from jupyter_mlops.workspace._artifacts import clean_relpath
+from jupyter_mlops.workspace._config import find_workspace_dir
+
+
+def test_location_env_var_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".mlops").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JUPYTER_MLOPS_WORKSPACE", str(tmp_path / "elsewhere"))
+    loc = resolve_location(config=WorkspaceConfig())
+    assert loc.directory == (tmp_path / "elsewhere").resolve()
+    assert loc.database_url == f"sqlite:///{loc.directory / 'mlops.db'}"
+
+
+def test_location_walks_up_to_nearest_mlops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    monkeypatch.delenv("JUPYTER_MLOPS_WORKSPACE", raising=False)
+    (tmp_path / ".mlops").mkdir()
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert resolve_location(config=WorkspaceConfig()).directory == (tmp_path / ".mlops").resolve()
+    # Without any .mlops above, the default is ./.mlops of the current directory.
+    assert find_workspace_dir(Path("/")) == Path("/.mlops")
+
+
+def test_location_from_traitlets_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUPYTER_MLOPS_WORKSPACE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jupyter_mlops_config.py").write_text(
+        f"c.WorkspaceConfig.directory = {str(tmp_path / 'team')!r}\n"
+        f"c.WorkspaceConfig.artifact_url = {str(tmp_path / 'blobs')!r}\n"
+    )
+    loc = resolve_location()
+    assert loc.directory == (tmp_path / "team").resolve()
+    assert loc.artifact_url == str(tmp_path / "blobs")
+
+
+def test_open_creates_schema_wal_and_head_revision(ws) -> None:
+    store = ws.store
+    assert store.schema_revision() == "0001"
+    db = sqlite3.connect(ws.location.directory / "mlops.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"experiments", "runs", "metrics", "logs", "artifacts", "alembic_version"} <= tables
+
+
+def test_schema_module_matches_migrations(ws) -> None:
+    """The table definitions queries use and the migrated database must not drift."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from jupyter_mlops.workspace._schema import metadata
+
+    with ws.store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_database_from_newer_schema_is_refused_untouched(ws) -> None:
+    loc = ws.location
+    ws.store.create_run(new_run_id(), "keep-me", "exp")
+    ws.store.close()
+    db = sqlite3.connect(loc.directory / "mlops.db")
+    db.execute("UPDATE alembic_version SET version_num = '9999_future'")
+    db.commit()
+    before = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    with pytest.raises(SchemaTooNew, match="newer than this jupyter-mlops"):
+        Store(loc)
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999_future"
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == before == 1
+
+
+def test_unwritable_workspace_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(WorkspaceError, match="not writable"):
+        Store(resolve_location(blocker / "ws", config=WorkspaceConfig()))
+
+
+def test_status_transitions_are_guarded(ws) -> None:
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "r", "exp")
+    assert ws.store.set_status(run_id, "canceled", only_from=("queued",))
+    # A job finishing a moment later must not turn a canceled run into a completed one.
+    assert not ws.store.set_status(run_id, "completed")
+    assert ws.store.get_run_row(run_id)["status"] == "canceled"
+
+
+def test_get_run_by_id_name_and_prefix(ws) -> None:
+    first, second = "aaaa11112222", "aaaa33334444"
+    ws.store.create_run(first, "resnet-small", "exp")
+    ws.store.create_run(second, "resnet-large", "exp")
+    assert ws.get_run(first).id == first
+    assert ws.get_run("aaaa3").id == second
+    assert ws.get_run("resnet-s").id == first
+    with pytest.raises(NotFound, match="matches 2 runs"):
+        ws.get_run("resnet")
+    with pytest.raises(NotFound, match="no run matches"):
+        ws.get_run("nothing-like-this")
+    # Names are often reused: an exact name means the newest run of that name.
+    ws.store.create_run("bbbb00000000", "resnet-small", "exp")
+    assert ws.get_run("resnet-small").id == "bbbb00000000"
+
+
+def test_runs_filters(ws) -> None:
+    ws.store.create_run("r1" + "0" * 10, "a", "exp1", tags={"team": "vision"})
+    ws.store.create_run("r2" + "0" * 10, "b", "exp2", tags={"team": "nlp"}, status="completed")
+    assert [r.name for r in ws.runs(experiment="exp1")] == ["a"]
+    assert [r.name for r in ws.runs(status="completed")] == ["b"]
+    assert [r.name for r in ws.runs(tags={"team": "nlp"})] == ["b"]
+    with pytest.raises(InvalidInput, match="unknown status"):
+        ws.runs(status="finished")
+    frame = ws.runs_dataframe()
+    assert set(frame["name"]) == {"a", "b"}
+    assert "tag.team" in frame.columns
+
+
+def test_stale_heartbeat_marks_run_lost(ws) -> None:
+    import time
+
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "r", "exp", status="running", started_at=time.time() - 100,
+                        heartbeat_at=time.time() - 100, host="another-host", pid=1)
+    run = ws.get_run(run_id)
+    assert run.status == "lost"
+    assert "no heartbeat" in run.error
+
+
+def test_dead_local_process_marks_run_lost(ws) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "r", "exp", status="running", started_at=time.time(),
+                        heartbeat_at=time.time(), host=socket.gethostname(), pid=proc.pid)
+    assert ws.get_run(run_id).status == "lost"
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../b", "."])
+def test_artifact_paths_stay_inside_the_run(bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        clean_relpath(bad)
+
+
+def test_artifact_write_is_atomic(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "art"))
+
+    class Exploding:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, n: int) -> bytes:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError("disk vanished")
+            return b"x" * n
+
+    with pytest.raises(OSError):
+        store.put_stream("run1", "model.bin", Exploding())
+    leftovers = list((tmp_path / "art").rglob("*"))
+    assert [p for p in leftovers if p.is_file()] == []
+    size, digest = store.put_bytes("run1", "dir/model.bin", b"hello")
+    assert size == 5 and len(digest) == 64
+    assert (tmp_path / "art" / "runs" / "run1" / "dir" / "model.bin").read_bytes() == b"hello"
+
+
+def test_sqlite_busy_timeout_is_set(ws) -> None:
+    with ws.store.engine.connect() as conn:
+        timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    assert timeout == int(WorkspaceConfig().busy_timeout * 1000)
+    with ws.store.read() as conn:
+        assert conn.execute(sa.text("select 1")).scalar() == 1

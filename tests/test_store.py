@@ -55,7 +55,7 @@ def test_location_from_traitlets_config(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_open_creates_schema_wal_and_head_revision(ws) -> None:
     store = ws.store
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == "0002"
     db = sqlite3.connect(ws.location.directory / "mlops.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -192,3 +192,27 @@ def test_sqlite_busy_timeout_is_set(ws) -> None:
     assert timeout == int(WorkspaceConfig().busy_timeout * 1000)
     with ws.store.read() as conn:
         assert conn.execute(sa.text("select 1")).scalar() == 1
+
+
+def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> None:
+    from alembic import command
+
+    from jupyter_mlops.workspace._store import _alembic_config
+
+    loc = resolve_location(tmp_path / "old", config=WorkspaceConfig())
+    loc.directory.mkdir()
+    engine = sa.create_engine(loc.database_url)
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.exec_driver_sql("INSERT INTO experiments (id, name, created_at) VALUES (1, 'e', 0)")
+        conn.exec_driver_sql(
+            "INSERT INTO runs (id, name, experiment_id, status, kind, params, tags, created_at)"
+            " VALUES ('old1', 'old', 1, 'completed', 'inline', '{}', '{}', 0)"
+        )
+    engine.dispose()
+    store = Store(loc)
+    assert store.schema_revision() == "0002"
+    row = store.get_run_row("old1")
+    assert row["name"] == "old" and row["resources"] is None

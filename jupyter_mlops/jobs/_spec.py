@@ -25,6 +25,8 @@ class JobSpec:
     timeout: float | None = None  # seconds for the whole run; None: no limit
     env: dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES
     headless: bool = True
+    target: str = "local"
+    gpus: int = 0  # GPU slots to claim; 0 claims one CPU slot
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -47,6 +47,8 @@ runs = sa.Table(
     sa.Column("environment", sa.JSON, nullable=True),
     sa.Column("cancel_requested_at", sa.Float, nullable=True),
     sa.Column("parent_id", sa.String(32), nullable=True, index=True),
+    # {"slots": ["gpu:0"], "cuda_visible_devices": "0", "kernel_pid": 123}  (migration 0002)
+    sa.Column("resources", sa.JSON, nullable=True),
 )
 
 metrics = sa.Table(

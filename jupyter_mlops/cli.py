@@ -202,13 +202,22 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     run = workspace().get_run(args.run)
     if args.json:
         print(dump_json({**_run_record(run), "environment": run.environment}))
-        return 0
+    else:
+        print(format_run(run))
+    return 0
+
+
+def format_run(run: Any) -> str:
+    """Everything about a run, for a terminal: fields, params, metrics, files, error."""
     row = run.info()
     lines = [
         f"Run {row['name']}  ({row['id']})",
         f"  experiment  {row['experiment']}",
         f"  status      {row['status']}",
         f"  kind        {row['kind']}" + (f"  {row['source']}" if row["source"] else ""),
+        f"  target      {row['target'] or ''}"
+        + (f"  slots: {', '.join(row['resources'].get('slots', []))}"
+           if row["resources"] and row["resources"].get("slots") else ""),
         f"  created     {fmt_time(row['created_at'])}",
         f"  started     {fmt_time(row['started_at'])}",
         f"  ended       {fmt_time(row['ended_at'])}",
@@ -238,8 +247,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     if row["error"]:
         lines.append("\nerror:")
         lines += ["  " + ln for ln in row["error"].rstrip().splitlines()]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
@@ -265,8 +273,12 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
     if status in TERMINAL:
         print(f"run {run.id} already ended: {status}")
         return 0
-    run.cancel()
-    print(f"cancel requested for run {run.id} (was {status})")
+    from .compute import get_target
+
+    print(f"canceling run {run.id} (was {status})...")
+    # wait=True: this command stays until the job is gone, killing it if it ignores the request.
+    get_target(run.info()["target"] or "local").cancel(run, wait=True)
+    print(f"run {run.id}: {run.status}")
     return 0
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -104,30 +105,47 @@ class MetricWriter:
         self._thread.start()
 
     def log(self, key: str, value: Any, step: int | None = None) -> None:
+        # The hot path: exact-type checks first, the general ones only when they fail.
         if key not in self._keys:
             self._keys.add(_check_key(key))
-        if type(value) is not float and type(value) is not int:
-            value = _as_float(key, value)
+        if type(value) is not float:
+            value = self._float(key, value)
         if step is None:
             step = self._next_step.get(key, 0)
-        elif type(step) is not int:
-            if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-                raise InvalidInput(f"step of {key!r} must be an integer, got {step!r}")
-            step = int(step)
+        elif type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
+            step = self._step(key, step)
         self._next_step[key] = step + 1
         self._queue.append((key, step, value, time.time()))
 
+    @staticmethod
+    def _float(key: str, value: Any) -> float:
+        try:
+            return float(value) if type(value) is int else _as_float(key, value)
+        except OverflowError:  # an int beyond 1e308 would fail later, in the writer thread
+            raise InvalidInput(
+                f"metric {key!r} is an integer of {value.bit_length()} bits, too large for a float"
+            ) from None
+
+    @staticmethod
+    def _step(key: str, step: Any) -> int:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise InvalidInput(f"step of {key!r} must be an integer, got {step!r}")
+        step = int(step)
+        if not -(2**63) <= step < 2**63:  # the database column is a 64-bit integer
+            raise InvalidInput(f"step of {key!r} is out of the 64-bit range: {step}")
+        return step
+
     def flush(self) -> None:
         """Write everything logged so far; returns once it is durable."""
-        with self._flush_lock:
-            while self._queue:
-                n = min(len(self._queue), MAX_BATCH)
-                popleft = self._queue.popleft
-                batch = [popleft() for _ in range(n)]
+        with self._flush_lock:  # one consumer at a time: the pops below never find it empty
+            queue = self._queue
+            while queue:
+                # Pop up to MAX_BATCH points at C speed (log() may append meanwhile).
+                batch = list(islice(iter(queue.popleft, None), min(len(queue), MAX_BATCH)))
                 try:
                     self.ws.store.log_metrics(self.run_id, batch)
                 except BaseException:
-                    self._queue.extendleft(reversed(batch))  # keep them for the next try
+                    queue.extendleft(reversed(batch))  # keep them for the next try
                     raise
 
     def _loop(self) -> None:

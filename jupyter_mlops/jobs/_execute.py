@@ -21,8 +21,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from .._processes import kill_tree
 from ..tracking import ENV_OUTPUTS_DIR, ENV_RUN_ID, store_outputs
 from ..workspace import Workspace
+from ._cell import ENV_JOB_DIR
 from ._spec import JobSpec, job_dir
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -124,23 +126,6 @@ class Watchdog:
         self._thread.join(timeout=5)
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (a kernel's data loaders, for example)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        family = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in family:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=5)
-
-
 def _error_text(exc: BaseException) -> str:
     from papermill.exceptions import PapermillExecutionError
 
@@ -151,6 +136,22 @@ def _error_text(exc: BaseException) -> str:
 
 
 def execute(ws: Workspace, spec: JobSpec) -> str:
+    """Wait for compute slots (the run stays ``queued``), then run the job to an ending."""
+    from ..compute import ClaimCanceled, get_target
+
+    ws.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
+                        heartbeat_at=time.time())
+    try:
+        claim = get_target(spec.target).claim(ws, spec.run_id, spec.gpus)
+    except ClaimCanceled:
+        ws.store.set_status(spec.run_id, "canceled", only_from=("queued",),
+                            error="canceled while queued")
+        return ws.store.get_run_row(spec.run_id)["status"]
+    with claim:  # the slot locks are held until the kernel is gone
+        return _execute_claimed(ws, spec, claim.env())
+
+
+def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> str:
     """Run the job to an ending and record it; returns the final status."""
     import nbformat
     import papermill
@@ -165,17 +166,19 @@ def execute(ws: Workspace, spec: JobSpec) -> str:
     outputs.mkdir(parents=True, exist_ok=True)
     output_nb = folder / "executed.ipynb"
 
-    store.set_status(
+    if not store.set_status(
         run_id, "starting", only_from=("queued",),
         started_at=time.time(), host=socket.gethostname(), pid=os.getpid(),
-    )
+    ):  # canceled between the claim and now
+        return store.get_run_row(run_id)["status"]
     env_thread = threading.Thread(
         target=lambda: store.update_run(run_id, environment=capture_environment()), daemon=True
     )
     env_thread.start()
 
     os.environ.update(ws.location.to_env())
-    os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), **spec.env})
+    os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), ENV_JOB_DIR: str(folder),
+                       **slot_env, **spec.env})
     os.environ["JUPYTER_MLOPS_HEADLESS"] = "1" if spec.headless else "0"
 
     source = nbformat.read(spec.notebook, as_version=4)
@@ -184,6 +187,7 @@ def execute(ws: Workspace, spec: JobSpec) -> str:
     current: dict[str, Any] = {"index": None, "first_line": ""}
 
     def on_notebook_start(**_: Any) -> None:
+        store.merge_run_json(run_id, "resources", {"kernel_pid": kernel_pid()})
         store.set_status(run_id, "running", only_from=("starting",))
 
     def on_cell_start(cell: Any, cell_index: int, **_: Any) -> None:

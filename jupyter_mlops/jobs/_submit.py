@@ -13,6 +13,14 @@ import nbformat
 
 from ..errors import InvalidInput
 from ..workspace import Run, Workspace, new_run_id
+from ._cell import (
+    CARRIED_DIR,
+    DEFAULT_MAX_CARRY_BYTES,
+    bound_names,
+    build_job_notebook,
+    carry,
+    free_names,
+)
 from ._spec import JobSpec, job_dir
 
 
@@ -46,11 +54,23 @@ def submit_notebook(
     target: str = "local",
     env: dict[str, str] | None = None,
     headless: bool = True,
+    gpus: int = 0,
+    run_id: str | None = None,
+    parent_id: str | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> Run:
-    """Record a new ``queued`` run for ``notebook`` and start its job process."""
+    """Record a new ``queued`` run for ``notebook`` and hand it to its compute target.
+
+    ``run_id`` may be given when the caller already prepared files in the run's job folder
+    (``%%train`` writes the carried names there first).
+    """
+    from ..compute import get_target
+
     if timeout is not None and timeout <= 0:
         raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout}")
-    run_id = new_run_id()
+    compute = get_target(target)
+    compute.validate(gpus)
+    run_id = run_id or new_run_id()
     folder = job_dir(ws, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -65,17 +85,80 @@ def submit_notebook(
             timeout=timeout,
             env=dict(env or {}),
             headless=headless,
+            target=target,
+            gpus=gpus,
         )
         spec.save(folder / "job.json")
         ws.store.create_run(
             run_id, name, experiment, status="queued", kind=kind, source=source,
             target=target, params=spec.parameters, tags=dict(tags or {}),
+            parent_id=parent_id, resources=resources,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    launch_detached(ws, run_id)
+    compute.submit(ws, run_id)
     return Run(ws, run_id)
+
+
+def submit_cell(
+    code: str,
+    *,
+    namespace: dict[str, Any],
+    parameters: dict[str, Any] | None = None,
+    name: str,
+    experiment: str = "Default",
+    tags: dict[str, Any] | None = None,
+    target: str = "local",
+    gpus: int = 0,
+    outputs: list[str] | None = None,
+    timeout: float | None = None,
+    datasets: list[dict[str, str]] | None = None,
+    history: list[str] | None = None,
+    origin: str = "",
+    max_carry_bytes: int = DEFAULT_MAX_CARRY_BYTES,
+    ws: Workspace | None = None,
+) -> Run:
+    """Submit a notebook cell as a job: carry the names it reads, run it, keep its history.
+
+    Nothing is recorded when the cell cannot be submitted (syntax error, a name that cannot
+    travel, too much data, an impossible GPU request): the error says what to change.
+    """
+    from ..compute import get_target
+    from ..tracking import current_run
+    from ..workspace import workspace
+
+    parameters = dict(parameters or {})
+    outputs = list(outputs or [])
+    get_target(target).validate(gpus)
+    used = [n for n in free_names(code) if n not in parameters]
+    never_bound = [n for n in outputs if n not in bound_names(code) and n not in namespace
+                   and n not in parameters]
+    if never_bound:
+        raise InvalidInput(f"--outputs names {', '.join(map(repr, never_bound))}, which the "
+                           "cell never assigns")
+    ws = ws or workspace()
+    run_id = new_run_id()
+    folder = job_dir(ws, run_id)
+    try:
+        plan = carry(used, namespace, folder / CARRIED_DIR, max_carry_bytes)
+        notebook = build_job_notebook(code, parameters, plan, outputs, origin)
+        parent = current_run()
+        run = submit_notebook(
+            ws, notebook, name=name, experiment=experiment, parameters=parameters, tags=tags,
+            kind="cell", source=origin, cwd=os.getcwd(), timeout=timeout, target=target,
+            gpus=gpus, run_id=run_id, parent_id=parent.id if parent else None,
+            resources={"datasets": datasets} if datasets else None,
+            headless=True,
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if history:
+        text = "\n\n".join(f"# In[{i}]\n{src}" for i, src in enumerate(history, 1))
+        size, digest = ws.artifacts.put_bytes(run.id, "history.py", text.encode())
+        ws.store.record_artifact(run.id, "history.py", size, digest)
+    return run
 
 
 def launch_detached(ws: Workspace, run_id: str, extra_env: dict[str, str] | None = None

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._processes import kill_tree, process_gone
 from ..errors import NotFound, RunFailed
 from ._store import ACTIVE, TERMINAL
 
@@ -24,17 +25,6 @@ if TYPE_CHECKING:
     from ._workspace import Workspace
 
 HOSTNAME = socket.gethostname()
-
-
-def _process_gone(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
 
 
 class Run:
@@ -61,7 +51,7 @@ class Run:
         beat = row["heartbeat_at"] or row["started_at"] or row["created_at"]
         if now - beat > self.workspace.config.lost_after:
             reason = f"no heartbeat for {now - beat:.0f} s: the job process vanished"
-        elif row["host"] == HOSTNAME and row["pid"] and _process_gone(row["pid"]):
+        elif row["host"] == HOSTNAME and row["pid"] and process_gone(row["pid"]):
             # Re-check after a moment: the job may be writing its ending right now.
             time.sleep(0.2)
             fresh = self.workspace.store.get_run_row(self.id)
@@ -69,9 +59,13 @@ class Run:
                 reason = f"the job process (pid {row['pid']}) died without reporting an end"
         if reason is None:
             return False
-        return self.workspace.store.set_status(
+        marked = self.workspace.store.set_status(
             self.id, "lost", only_from=("starting", "running"), error=reason
         )
+        kernel = (row["resources"] or {}).get("kernel_pid")
+        if marked and kernel and row["host"] == HOSTNAME:
+            kill_tree(kernel)  # an orphaned kernel would keep its GPU memory
+        return marked
 
     @property
     def name(self) -> str:
@@ -149,6 +143,18 @@ class Run:
         for p in inside:
             self.workspace.artifacts.download(self.id, p, dest / p[len(prefix):])
         return dest
+
+    def outputs(self) -> dict[str, Any]:
+        """The values a ``%%train --outputs a,b`` cell sent back, by name."""
+        import cloudpickle
+
+        found = {}
+        for item in self.artifacts():
+            path = item["path"]
+            if path.startswith("returned/") and path.endswith(".pkl"):
+                with self.workspace.artifacts.open(self.id, path) as handle:
+                    found[path[len("returned/"):-len(".pkl")]] = cloudpickle.load(handle)
+        return found
 
     # -- control --------------------------------------------------------------------------
 

@@ -202,13 +202,13 @@ class Store:
             conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**fields))
 
     def merge_run_json(self, run_id: str, column: str, values: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``values`` into the JSON column ``params`` or ``tags`` atomically."""
+        """Merge ``values`` into a JSON column (``params``, ``tags``, ``resources``) atomically."""
         col = t.runs.c[column]
         with self.write() as conn:
-            current = conn.execute(sa.select(col).where(t.runs.c.id == run_id)).scalar()
-            if current is None:
+            row = conn.execute(sa.select(col).where(t.runs.c.id == run_id)).first()
+            if row is None:
                 raise NotFound(f"no run with id {run_id!r}")
-            merged = {**current, **values}
+            merged = {**(row[0] or {}), **values}
             conn.execute(t.runs.update().where(t.runs.c.id == run_id).values({column: merged}))
             return merged
 

@@ -1,0 +1,224 @@
+"""IPython magics: ``%%train`` and ``%mlops``. Thin: parse flags, call the API, show the run.
+
+Every user mistake becomes a one-line ``UsageError`` and submits nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Int
+from traitlets.config import Configurable
+
+from .errors import MlopsError, RunFailed
+from .workspace import TERMINAL, Run
+
+ENV_HEADLESS = "JUPYTER_MLOPS_HEADLESS"
+
+
+class TrainConfig(Configurable):
+    """``c.TrainConfig.max_carry_bytes = 4 * 2**30`` in ``jupyter_mlops_config.py``."""
+
+    max_carry_bytes = Int(
+        1 << 30, config=True,
+        help="Largest total size of the names a %%train cell carries to (or back from) its job.",
+    )
+
+
+def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``key=value`` pairs; values read as Python literals, else kept as strings."""
+    from .cli import parse_value
+
+    result: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{flag} takes name=value (e.g. {flag} lr=0.01), got {item!r}")
+        result[key] = parse_value(value)
+    return result
+
+
+def _headless() -> bool:
+    """True when this kernel runs unattended (our papermill runner sets the variable)."""
+    return os.environ.get(ENV_HEADLESS) == "1"
+
+
+def _notebook_name() -> str:
+    # Jupyter Server tells a kernel which notebook it serves; papermill and plain IPython don't.
+    path = os.environ.get("JPY_SESSION_NAME", "")
+    return Path(path).stem if path else ""
+
+
+def wait_for(run: Run, out: Any = None, poll: float = 0.25) -> str:
+    """Print progress lines and the log as the run goes; returns its final status."""
+    out = out or sys.stdout
+    last_log, last_status = 0, None
+    while True:
+        row = run.info()  # read before the log, so no output written before the end is missed
+        status = row["status"]
+        for chunk_id, _stream, text in run.workspace.store.log_chunks(run.id, after_id=last_log):
+            out.write(text)
+            last_log = chunk_id
+        if status != last_status:
+            print(f"[{time.strftime('%H:%M:%S')}] run {run.id}: {status}", file=out)
+            last_status = status
+        out.flush()
+        if status in TERMINAL:
+            return status
+        time.sleep(poll)
+
+
+@magics_class
+class MlopsMagics(Magics):
+    """``%%train`` runs a cell as a tracked job; ``%mlops`` shows and controls runs."""
+
+    @magic_arguments()
+    @argument("--name", help="run name (default: <notebook>-cell<N>)")
+    @argument("--experiment", default=None, help="experiment (default: the notebook's name)")
+    @argument("--target", default="local", help="compute target (see %%mlops targets)")
+    @argument("--gpus", type=int, default=0, help="GPU slots to claim (CUDA_VISIBLE_DEVICES)")
+    @argument("-p", "--param", action="append", metavar="NAME=VALUE",
+              help="parameter, visible in the cell as a variable")
+    @argument("--dataset", action="append", metavar="NAME[:VERSION]", help="dataset input")
+    @argument("--tag", action="append", metavar="KEY=VALUE")
+    @argument("--outputs", default="", help="names to bring back when the run completes: a,b")
+    @argument("--wait", action="store_true", help="block until the run ends; raise if it fails")
+    @argument("--timeout", type=float, help="seconds before the run is stopped and failed")
+    @cell_magic
+    def train(self, line: str, cell: str) -> Run | None:
+        """Run this cell as a tracked job on a compute target; the notebook stays free."""
+        args = self._parse(self.train, line)
+        params = parse_assignments(args.param, "-p")
+        tags = {k: str(v) for k, v in parse_assignments(args.tag, "--tag").items()}
+        outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        bad = [n for n in outputs if not n.isidentifier()]
+        if bad:
+            raise UsageError(f"--outputs takes variable names separated by commas, got {bad}")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+        datasets = []
+        for item in args.dataset or []:
+            name, _, version = item.partition(":")
+            if not name or (version and not (version.isdigit() or version == "latest")):
+                raise UsageError(f"--dataset takes name or name:version, got {item!r}")
+            datasets.append({"name": name, "version": version or "latest"})
+
+        from .jobs import submit_cell
+
+        notebook = _notebook_name()
+        count = self.shell.execution_count
+        try:
+            run = submit_cell(
+                cell,
+                namespace=self.shell.user_ns,
+                parameters=params,
+                name=args.name or f"{notebook or 'cell'}-{count}",
+                experiment=args.experiment or notebook or "Default",
+                tags=tags,
+                target=args.target,
+                gpus=args.gpus,
+                outputs=outputs,
+                timeout=args.timeout,
+                datasets=datasets,
+                history=list(self.shell.user_ns.get("In", []))[1:],
+                origin=f"{notebook or 'a notebook'}, cell [{count}]",
+                max_carry_bytes=TrainConfig(parent=self.shell).max_carry_bytes,
+            )
+        except MlopsError as exc:
+            raise UsageError(str(exc)) from None
+        self.shell.user_ns["_run"] = run
+        if args.wait or _headless():
+            return self._wait(run, outputs, raise_on_failure=True)
+        if outputs:
+            _bring_back_later(run, outputs, self.shell.user_ns)
+        return run
+
+    def _wait(self, run: Run, outputs: list[str], raise_on_failure: bool) -> Run | None:
+        try:
+            status = wait_for(run)
+        except KeyboardInterrupt:
+            print(f"\ndetached from run {run.id}: it goes on. Re-attach with "
+                  f"`%mlops attach {run.id}`, stop it with `%mlops cancel {run.id}`.")
+            return run
+        if status == "completed":
+            if outputs:
+                self.shell.user_ns.update(run.outputs())
+            return run
+        if raise_on_failure:
+            error = (run.error or "").rstrip()
+            raise RunFailed(f"run {run.id} ended {status}: "
+                            f"{error.splitlines()[-1] if error else 'no error recorded'}")
+        return run
+
+    @line_magic
+    def mlops(self, line: str) -> Any:
+        """%mlops runs | show RUN | attach RUN | cancel RUN | targets"""
+        from .workspace import workspace
+
+        words = shlex.split(line)
+        verb, rest = (words[0], words[1:]) if words else ("", [])
+        try:
+            ws = workspace()
+            if verb == "runs" and not rest:
+                frame = ws.runs_dataframe()
+                return frame.head(50) if len(frame) else print("no runs yet")
+            if verb in ("show", "attach", "cancel") and len(rest) == 1:
+                run = ws.get_run(rest[0])
+                if verb == "show":
+                    from .cli import format_run
+
+                    print(format_run(run))
+                    return None
+                if verb == "attach":
+                    return self._wait(run, [], raise_on_failure=False)
+                from .compute import get_target
+
+                get_target(run.info()["target"] or "local").cancel(run)
+                print(f"cancel requested for run {run.id}")
+                return None
+            if verb == "targets" and not rest:
+                from .compute import get_target
+
+                print(format_slots(get_target("local")))
+                return None
+        except MlopsError as exc:
+            raise UsageError(str(exc)) from None
+        raise UsageError("usage: %mlops runs | show RUN | attach RUN | cancel RUN | targets")
+
+    @staticmethod
+    def _parse(func: Any, line: str) -> Any:
+        try:
+            return parse_argstring(func, line)
+        except UsageError as exc:
+            raise UsageError(f"{exc}\n{func.parser.format_usage()}") from None
+
+
+def format_slots(target: Any) -> str:
+    lines = [f"target {target.name}:"]
+    for state in target.slots():
+        holder = f"held by run {state.run_id}" if state.run_id else (
+            "held" if state.held else "free")
+        lines.append(f"  {state.slot.name:10s} {holder}")
+    return "\n".join(lines)
+
+
+def _bring_back_later(run: Run, names: list[str], namespace: dict[str, Any]) -> None:
+    """Put the run's outputs into the notebook when it completes (a quiet watcher thread)."""
+    import threading
+
+    def watch() -> None:
+        while run.status not in TERMINAL:
+            time.sleep(0.5)
+        if run.status == "completed":
+            namespace.update(run.outputs())
+
+    threading.Thread(target=watch, name=f"mlops-outputs-{run.id}", daemon=True).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -247,3 +248,29 @@ def test_job_survives_the_notebook_kernel(ws_dir: Path, tmp_path: Path) -> None:
     assert run.status in ("queued", "starting", "running")
     run.wait(timeout=90)
     assert "finished" in run.logs()
+
+
+def test_interrupting_a_waiting_cell_detaches(ip, ws, capsys) -> None:
+    """Ctrl-C (SIGINT in the kernel) while ``--wait`` blocks: the job goes on."""
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        run = ip.run_cell_magic("train", "--wait --name detached",
+                                "import time\nprint('working')\ntime.sleep(300)")
+    finally:
+        timer.cancel()
+    assert "detached from run" in capsys.readouterr().out
+    assert run.status in ("queued", "starting", "running")
+    run.cancel()
+    wait_until(lambda: run.status == "canceled", timeout=30, what="the cancel")
+
+
+def test_status_display_says_where_and_how_to_follow(ip, ws) -> None:
+    run = ip.run_cell_magic("train", "--name shown", "import time\ntime.sleep(300)")
+    wait_until(lambda: run.status == "running", what="the job to run")
+    text = ip.display_formatter.format(run)[0]
+    assert "on local [cpu:0]" in text["text/plain"]
+    assert f"%mlops attach {run.id}" in text["text/plain"]
+    assert f"%mlops cancel {run.id}" in run._repr_html_()  # the terminal shell shows no HTML
+    run.cancel()
+    wait_until(lambda: run.status == "canceled", timeout=30, what="the cancel")

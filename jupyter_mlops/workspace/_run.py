@@ -193,17 +193,42 @@ class Run:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    def summary_lines(self) -> list[str]:
+        """Where the run went and how to follow it: the text form of the status display."""
+        row = self._row()
+        slots = ", ".join((row["resources"] or {}).get("slots", []))
+        where = f"{row['target'] or 'local'}" + (f" [{slots}]" if slots else "")
+        lines = [
+            f"Run {row['name']} ({row['id']}) — {row['status']} on {where}, "
+            f"experiment {row['experiment']!r}",
+        ]
+        if row["status"] not in TERMINAL:
+            lines.append(f"  follow: %mlops attach {row['id']}   |   "
+                         f"jupyter mlops runs logs {row['id']} -f")
+            lines.append(f"  cancel: %mlops cancel {row['id']}")
+        metrics = self.metrics()
+        if metrics:
+            lines.append("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+        if row["error"] and row["status"] != "completed":
+            lines.append("  error: " + row["error"].strip().splitlines()[-1])
+        return lines
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text("\n".join(self.summary_lines()))
+
     def _repr_html_(self) -> str:
         row = self._row()
-        metrics = self.metrics()
-        cells = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items()
-        )
+        colour = {"completed": "#2e7d32", "failed": "#c62828", "lost": "#c62828",
+                  "canceled": "#6d4c41", "pruned": "#6d4c41"}.get(row["status"], "#1565c0")
+        badge = (f'<span style="background:{colour};color:white;padding:1px 6px;'
+                 f'border-radius:3px">{row["status"]}</span>')
+        lines = self.summary_lines()
+        rest = "".join(f"<div><code>{html.escape(line.strip())}</code></div>"
+                       for line in lines[1:])
         return (
-            f"<div><b>Run {html.escape(row['name'])}</b> <code>{row['id']}</code> "
-            f"— <b>{row['status']}</b> in experiment {html.escape(row['experiment'])}"
-            + (f"<table><tr><th>metric</th><th>latest</th></tr>{cells}</table>" if cells else "")
-            + "</div>"
+            f"<div><b>Run {html.escape(row['name'])}</b> <code>{row['id']}</code> {badge} "
+            f"on {html.escape(row['target'] or 'local')}, experiment "
+            f"{html.escape(row['experiment'])}{rest}</div>"
         )
 
 

@@ -58,15 +58,17 @@ def _notebook_name() -> str:
     return Path(path).stem if path else ""
 
 
-def wait_for(run: Run, out: Any = None, poll: float = 0.25) -> str:
-    """Print progress lines and the log as the run goes; returns its final status."""
+def wait_for(run: Run, out: Any = None, poll: float = 0.25, quiet: bool = False) -> str:
+    """Print progress lines (and the log unless ``quiet``) as the run goes; returns its final
+    status."""
     out = out or sys.stdout
     last_log, last_status = 0, None
     while True:
         row = run.info()  # read before the log, so no output written before the end is missed
         status = row["status"]
         for chunk_id, _stream, text in run.workspace.store.log_chunks(run.id, after_id=last_log):
-            out.write(text)
+            if not quiet:
+                out.write(text)
             last_log = chunk_id
         if status != last_status:
             print(f"[{time.strftime('%H:%M:%S')}] run {run.id}: {status}", file=out)
@@ -140,15 +142,32 @@ class MlopsMagics(Magics):
             return self._wait(run, outputs, raise_on_failure=True)
         if outputs:
             _bring_back_later(run, outputs, self.shell.user_ns)
+        return self._show(run)
+
+    @staticmethod
+    def _show(run: Run) -> Run:
+        """Display the run's live widget now; the returned Run then doesn't show it again."""
+        from .widgets import in_kernel, show_run_widget
+
+        if in_kernel():
+            show_run_widget(run)
+            run._already_shown = True
         return run
 
     def _wait(self, run: Run, outputs: list[str], raise_on_failure: bool) -> Run | None:
+        from .widgets import finalize, in_kernel, show_run_widget
+
+        view = show_run_widget(run) if in_kernel() else None
         try:
-            status = wait_for(run)
+            # With a live view the log is in the widget; unattended, it goes to the output.
+            status = wait_for(run, quiet=view is not None and not _headless())
         except KeyboardInterrupt:
             print(f"\ndetached from run {run.id}: it goes on. Re-attach with "
                   f"`%mlops attach {run.id}`, stop it with `%mlops cancel {run.id}`.")
             return run
+        if view is not None:
+            finalize(*view)
+            run._already_shown = True
         if status == "completed":
             if outputs:
                 self.shell.user_ns.update(run.outputs())
@@ -179,6 +198,10 @@ class MlopsMagics(Magics):
                     print(format_run(run))
                     return None
                 if verb == "attach":
+                    from .widgets import in_kernel
+
+                    if in_kernel():
+                        return self._show(run)  # the live view; the notebook stays free
                     return self._wait(run, [], raise_on_failure=False)
                 from .compute import get_target
 

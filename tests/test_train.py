@@ -265,12 +265,14 @@ def test_interrupting_a_waiting_cell_detaches(ip, ws, capsys) -> None:
     wait_until(lambda: run.status == "canceled", timeout=30, what="the cancel")
 
 
-def test_status_display_says_where_and_how_to_follow(ip, ws) -> None:
+def test_status_display_says_where_and_how_to_follow(ip, ws, capsys) -> None:
     run = ip.run_cell_magic("train", "--name shown", "import time\ntime.sleep(300)")
     wait_until(lambda: run.status == "running", what="the job to run")
-    text = ip.display_formatter.format(run)[0]
-    assert "on local [cpu:0]" in text["text/plain"]
-    assert f"%mlops attach {run.id}" in text["text/plain"]
-    assert f"%mlops cancel {run.id}" in run._repr_html_()  # the terminal shell shows no HTML
+    capsys.readouterr()
+    ip.display_formatter.format(run)  # a terminal shell has no widgets: the summary prints
+    text = capsys.readouterr().out
+    assert "on local [cpu:0]" in text
+    assert f"%mlops attach {run.id}" in text
+    assert f"%mlops cancel {run.id}" in run._repr_html_()
     run.cancel()
     wait_until(lambda: run.status == "canceled", timeout=30, what="the cancel")

@@ -213,6 +213,23 @@ class Run:
             lines.append("  error: " + row["error"].strip().splitlines()[-1])
         return lines
 
+    def widget(self) -> Any:
+        """A live ``RunWidget`` of this run (display it, or let the notebook show it)."""
+        from ..widgets import RunWidget
+
+        return RunWidget(self)
+
+    def _ipython_display_(self) -> None:
+        # In a notebook a run shows as its live widget; in a terminal as its summary.
+        if self.__dict__.pop("_already_shown", False):
+            return  # %%train has just displayed this run's widget itself
+        from ..widgets import in_kernel, show_run_widget
+
+        if in_kernel():
+            show_run_widget(self)
+        else:
+            print("\n".join(self.summary_lines()))
+
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text("\n".join(self.summary_lines()))
 

@@ -1,0 +1,9 @@
+"""Notebook views of the workspace: the live run widget and the runs table."""
+
+from ._display import finalize, in_kernel, show_run_widget
+from ._downsample import minmax_downsample
+from ._feed import RunFeed
+from ._run_widget import RunWidget
+
+__all__ = ["RunFeed", "RunWidget", "finalize", "in_kernel", "minmax_downsample",
+           "show_run_widget"]

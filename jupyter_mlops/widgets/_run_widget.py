@@ -1,0 +1,229 @@
+"""``RunWidget``: a run's live view beside the cell — status, log, metrics, charts, files.
+
+Live updates come from one background thread per widget that polls the store a few times a
+second and sets traits inside ``hold_sync()``. A thread, not the kernel's event loop,
+because the view must keep moving while the cell blocks (``%%train --wait``) and the event
+loop does not run; setting traits from a thread is safe with ipykernel 7, printing is not,
+so this thread never prints (errors go into the widget's own error line).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+import traceback
+from typing import Any
+
+import bqplot as bq
+import ipywidgets as w
+
+from ..workspace import Run
+from . import _static
+from ._downsample import minmax_downsample
+from ._feed import RunFeed
+
+MAX_CHART_POINTS = 2000
+
+
+def _css_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", key)
+
+
+class _Chart:
+    """One bqplot figure for one metric; built once, then only its line data changes."""
+
+    def __init__(self, key: str):
+        x_scale, y_scale = bq.LinearScale(), bq.LinearScale()
+        self.line = bq.Lines(
+            x=[], y=[], scales={"x": x_scale, "y": y_scale},
+            tooltip=bq.Tooltip(fields=["x", "y"], labels=["step", key], formats=["", ".4g"]),
+            colors=["#1565c0"], stroke_width=1.5,
+        )
+        self.figure = bq.Figure(
+            marks=[self.line],
+            axes=[bq.Axis(scale=x_scale, label="step", tick_format=".4~g"),
+                  bq.Axis(scale=y_scale, side="left", tick_format=".3~g")],
+            title=key,
+            interaction=bq.interacts.PanZoom(scales={"x": [x_scale], "y": [y_scale]}),
+            fig_margin={"top": 36, "bottom": 36, "left": 56, "right": 12},
+            layout=w.Layout(width="360px", height="240px"),
+            title_style={"font-size": "13px"},
+        )
+        self.figure.add_class("mlops-chart")
+        self.figure.add_class(f"mlops-chart-{_css_name(key)}")
+        self.points_sent = 0
+
+    def update(self, x: Any, y: Any) -> None:
+        x, y = minmax_downsample(x, y, MAX_CHART_POINTS)
+        self.line.x, self.line.y = x, y
+        self.points_sent = len(x)
+
+
+class RunWidget(w.VBox):
+    """The live view of one run. ``RunWidget(run)`` shows its whole history, then follows it."""
+
+    def __init__(self, run: Run, poll_interval: float = 0.2, log_lines: int = 200,
+                 start: bool = True):
+        self.run = run
+        self.feed = RunFeed(run, log_lines=log_lines)
+        self.poll_interval = poll_interval
+        self.charts: dict[str, _Chart] = {}
+        self._cancel = threading.Event()
+        self._stop = threading.Event()
+        self._refresh_lock = threading.Lock()
+        self.updates = 0  # how many times traits were pushed (≤ 1 / poll_interval per second)
+
+        self.header_view = w.HTML()
+        self.header_view.add_class("mlops-run-status")
+        self.cancel_button = w.Button(description="Cancel", icon="stop",
+                                      layout=w.Layout(width="90px"), button_style="warning")
+        self.cancel_button.on_click(self._on_cancel)
+        self.full_log_button = w.ToggleButton(description="Full log", icon="align-left",
+                                              layout=w.Layout(width="100px"))
+        self.full_log_button.observe(self._on_full_log, names=["value"])
+        self.log_view = w.HTML(layout=w.Layout(max_height="16em", overflow="auto"))
+        self.log_view.add_class("mlops-run-log")
+        self.full_log_view = w.Textarea(disabled=True, layout=w.Layout(
+            width="100%", height="20em", display="none"))
+        self.metrics_view = w.HTML()
+        self.metrics_view.add_class("mlops-run-metrics")
+        self.chart_box = w.Box(layout=w.Layout(flex_flow="row wrap"))
+        self.details_view = w.HTML()
+        self.error_view = w.HTML()
+        super().__init__(
+            children=[
+                w.HBox([self.header_view, self.cancel_button, self.full_log_button],
+                       layout=w.Layout(align_items="center", justify_content="space-between")),
+                self.error_view, self.log_view, self.full_log_view,
+                w.HBox([self.metrics_view, self.details_view],
+                       layout=w.Layout(justify_content="space-between")),
+                self.chart_box,
+            ],
+            layout=w.Layout(border="1px solid #ddd", padding="6px"),
+        )
+        self.add_class("mlops-run-widget")
+        self.refresh()  # the whole history, at once
+        self._thread: threading.Thread | None = None
+        if start and not self.feed.finished:
+            self._thread = threading.Thread(target=self._follow, daemon=True,
+                                            name=f"mlops-widget-{run.id}")
+            self._thread.start()
+
+    # -- updating -------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Read what is new in the store and push it to the view (safe from any thread)."""
+        with self._refresh_lock:
+            changes = self.feed.poll()
+            feed = self.feed
+            with self.hold_sync():
+                self.header_view.value = self._header_html()
+                if changes.row or changes.artifacts:
+                    self.details_view.value = self._details_html()
+                    self.cancel_button.disabled = feed.finished
+                    error = feed.row.get("error")
+                    self.error_view.value = (
+                        f"<pre style='color:#c62828;max-height:10em;overflow:auto'>"
+                        f"{html.escape(error)}</pre>"
+                        if error and feed.status != "completed" else "")
+                if changes.metrics:
+                    self.metrics_view.value = _static.metrics_table(feed.latest, feed.counts())
+                    for key in sorted(changes.metrics):
+                        series = feed.series[key]
+                        if series.n < 2:
+                            continue
+                        if key not in self.charts:
+                            self.charts[key] = _Chart(key)
+                            self.chart_box.children = [
+                                self.charts[k].figure for k in sorted(self.charts)]
+                        self.charts[key].update(series.x, series.y)
+                if changes.log:
+                    self.log_view.value = (f"<pre style='margin:0;font-size:12px'>"
+                                      f"{html.escape(feed.log_text())}</pre>")
+                    if self.full_log_button.value:
+                        self.full_log_view.value = self.run.logs()
+            self.updates += 1
+
+    def _follow(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.poll_interval):
+            try:
+                if self._cancel.is_set():
+                    self._cancel.clear()
+                    from ..compute import get_target
+
+                    get_target(self.feed.row.get("target") or "local").cancel(self.run)
+                self.refresh()
+                failures = 0
+                if self.feed.finished:
+                    return
+            except Exception:
+                failures += 1
+                self.error_view.value = ("<pre style='color:#c62828'>the view could not read the "
+                                    f"store:\n{html.escape(traceback.format_exc(limit=3))}</pre>")
+                self._stop.wait(min(5.0, self.poll_interval * 2 ** failures))
+
+    def stop(self) -> None:
+        """Stop following (the run itself goes on)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+    # -- callbacks (they run on a subshell thread while a cell blocks: only set flags) -----
+
+    def _on_cancel(self, _button: Any) -> None:
+        self.cancel_button.description = "Canceling"
+        self._cancel.set()
+        if self._thread is None or not self._thread.is_alive():
+            from ..compute import get_target
+
+            get_target(self.feed.row.get("target") or "local").cancel(self.run)
+
+    def _on_full_log(self, change: dict[str, Any]) -> None:
+        shown = bool(change["new"])
+        self.full_log_view.layout.display = "" if shown else "none"
+        if shown:
+            self.full_log_view.value = self.run.logs()
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def _header_html(self) -> str:
+        row = self.feed.row
+        slots = ", ".join((row.get("resources") or {}).get("slots", []))
+        progress = row.get("progress") or {}
+        where = html.escape(row.get("target") or "local") + (f" [{slots}]" if slots else "")
+        cell = (f" · cell {progress['cell']}/{progress['cells']}"
+                if progress and self.feed.status == "running" else "")
+        return (f"<b>{html.escape(row.get('name', ''))}</b> <code>{self.run.id}</code> "
+                f"{_static.badge(self.feed.status)} on {where} · {self.feed.elapsed()}{cell}")
+
+    def _details_html(self) -> str:
+        row = self.feed.row
+        files = "".join(
+            f"<tr><td><code>{html.escape(a['path'])}</code></td>"
+            f"<td style='text-align:right'>{a['size']:,} B</td></tr>"
+            for a in self.feed.artifacts)
+        return (_static.kv_table("params", list(row.get("params", {}).items()))
+                + _static.kv_table("tags", list(row.get("tags", {}).items()))
+                + (f"<table><tr><th style='text-align:left'>artifacts</th><th></th></tr>"
+                   f"{files}</table>" if files else ""))
+
+    def static_html(self) -> str:
+        feed = self.feed
+        series = {k: (s.x, s.y) for k, s in feed.series.items()}
+        return _static.run_html(feed.row, feed.latest, feed.counts(), series, feed.log_text(),
+                                feed.artifacts, feed.elapsed())
+
+    def static_text(self) -> str:
+        feed = self.feed
+        return _static.run_text(feed.row, feed.latest, feed.log_text(), feed.elapsed())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        # The live view where a widget manager exists; the static result everywhere else.
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = self.static_text()
+        bundle["text/html"] = self.static_html()
+        return bundle

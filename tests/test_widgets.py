@@ -1,0 +1,177 @@
+"""The run widget: state after known metrics, incremental reads, history on attach, static
+output, downsampling of huge series, and live following of a run in progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import jupyter_mlops as mlops
+from jupyter_mlops.widgets import RunWidget, minmax_downsample
+from jupyter_mlops.workspace import new_run_id
+
+from .conftest import wait_until
+
+
+def _finished_run(n: int = 20):
+    with mlops.start_run("known", experiment="w", params={"lr": 0.1}, tags={"team": "ml"}) as run:
+        for step in range(n):
+            mlops.log("loss", 1.0 / (step + 1), step=step)
+            mlops.log("acc", step / n, step=step)
+        mlops.log("final", 0.875)  # logged once: in the table, no chart
+        (mlops.outputs_dir() / "model.bin").write_bytes(b"\0" * 2048)
+    return run
+
+
+def test_widget_state_after_a_run_with_known_metrics(ws) -> None:
+    run = _finished_run()
+    widget = RunWidget(run)
+    assert widget._thread is None  # a finished run is not followed
+    assert sorted(widget.charts) == ["acc", "loss"]
+    loss = widget.charts["loss"].line
+    assert list(loss.x) == list(range(20))
+    assert np.allclose(loss.y, [1.0 / (s + 1) for s in range(20)])
+    table = widget.metrics_view.value
+    assert "final" in table and "0.875" in table and "0.05" in table  # latest loss = 1/20
+    assert "completed" in widget.header_view.value
+    assert "lr" in widget.details_view.value and "team" in widget.details_view.value
+    assert "outputs/model.bin" in widget.details_view.value and "2,048" in widget.details_view.value
+    assert widget.cancel_button.disabled
+    assert "mlops-run-widget" in widget._dom_classes
+    assert "mlops-chart-loss" in widget.charts["loss"].figure._dom_classes
+
+
+def test_polling_reads_only_new_rows(ws) -> None:
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "inc", "w", status="running", started_at=time.time(),
+                        heartbeat_at=time.time())
+    ws.store.log_metrics(run_id, [("x", s, float(s), time.time()) for s in range(100)])
+    ws.store.append_logs(run_id, [("stdout", "first line\nsecond ", time.time())])
+    run = ws.get_run(run_id)
+    widget = RunWidget(run, start=False)
+    assert widget.feed.rows_read == 100
+    widget.refresh()
+    assert widget.feed.rows_read == 100  # nothing new, nothing read
+    ws.store.log_metrics(run_id, [("x", s, float(s), time.time()) for s in range(100, 110)])
+    ws.store.append_logs(run_id, [("stdout", "half\nthird line\n", time.time())])
+    widget.refresh()
+    assert widget.feed.rows_read == 110
+    assert list(widget.charts["x"].line.x)[-1] == 109
+    assert widget.feed.log_text() == "first line\nsecond half\nthird line"
+    ws.store.set_status(run_id, "completed")
+    widget.refresh()
+    assert "completed" in widget.header_view.value
+
+
+def test_attach_after_restart_shows_the_whole_history_then_follows(ws) -> None:
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "attach", "w", status="running", started_at=time.time(),
+                        heartbeat_at=time.time())
+    ws.store.log_metrics(run_id, [("loss", s, 1.0 / (s + 1), time.time()) for s in range(500)])
+    # A "new kernel": a widget built from nothing but the run id reads everything so far...
+    widget = RunWidget(ws.get_run(run_id), poll_interval=0.05)
+    try:
+        assert len(widget.charts["loss"].line.x) == 500
+        # ...and keeps following what the job writes next.
+        ws.store.log_metrics(run_id, [("loss", 500, 0.001, time.time())])
+        wait_until(lambda: len(widget.charts["loss"].line.x) == 501, timeout=10,
+                   what="the widget to pick up the new point")
+        ws.store.set_status(run_id, "completed")
+        wait_until(lambda: not widget._thread.is_alive(), timeout=10,
+                   what="the widget to stop following a finished run")
+        assert "completed" in widget.header_view.value
+    finally:
+        widget.stop()
+
+
+def test_static_output_has_table_image_params_and_log(ws) -> None:
+    with mlops.start_run("static") as run:
+        for s in range(5):
+            mlops.log("loss", 1.0 / (s + 1))
+    ws.store.append_logs(run.id, [("stdout", "epoch 4 done\n", time.time())])
+    widget = RunWidget(run)
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    page = bundle["text/html"]
+    assert "mlops-metric-table" in page and "loss" in page and "0.2" in page
+    assert "<img" in page and "data:image/png;base64," in page
+    assert "epoch 4 done" in page and "completed" in page
+    text = bundle["text/plain"]
+    assert "loss = 0.2" in text and "completed" in text and "epoch 4 done" in text
+
+
+def test_million_point_series_is_downsampled_keeping_extremes(ws) -> None:
+    rng = np.random.default_rng(0)
+    values = np.cumsum(rng.normal(size=1_000_000))
+    values[123_457] = 1e6  # a spike that striding would miss
+    values[876_543] = -1e6
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "big", "w", status="completed")
+    now = time.time()
+    ws.store.log_metrics(run_id, [("v", i, float(v), now) for i, v in enumerate(values)])
+    widget = RunWidget(ws.get_run(run_id))
+    chart = widget.charts["v"]
+    assert 1000 <= chart.points_sent <= 2000
+    assert max(chart.line.y) == 1e6 and min(chart.line.y) == -1e6
+    assert chart.line.x[0] == 0 and chart.line.x[-1] == 999_999
+    assert widget.feed.series["v"].n == 1_000_000  # the data itself is all there
+
+
+def test_downsample_function() -> None:
+    x = np.arange(10.0)
+    assert minmax_downsample(x, x, 100)[0] is x  # short series untouched
+    y = np.sin(np.linspace(0, 20, 100_000))
+    y[5000] = np.nan
+    xs, ys = minmax_downsample(np.arange(100_000.0), y, 1000)
+    assert len(xs) <= 1000 and np.all(np.diff(xs) > 0)
+    assert np.nanmax(ys) == np.nanmax(y) and np.nanmin(ys) == np.nanmin(y)
+
+
+def test_widget_follows_a_live_run_and_cancel_button_cancels(ws) -> None:
+    started, release = threading.Event(), threading.Event()
+    holder = {}
+
+    def job() -> None:
+        with mlops.start_run("live") as run:
+            holder["run"] = run
+            started.set()
+            step = 0
+            while not release.is_set() and not mlops.should_stop():
+                mlops.log("loss", 1.0 / (step + 1), step=step)
+                step += 1
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    started.wait(10)
+    widget = RunWidget(holder["run"], poll_interval=0.05)
+    try:
+        wait_until(lambda: "loss" in widget.charts and len(widget.charts["loss"].line.x) > 20,
+                   timeout=20, what="the chart to fill")
+        first = len(widget.charts["loss"].line.x)
+        wait_until(lambda: len(widget.charts["loss"].line.x) > first, timeout=20,
+                   what="the chart to grow")
+        assert "running" in widget.header_view.value
+        widget.cancel_button.click()
+        thread.join(30)
+        assert not thread.is_alive()  # should_stop() turned True through the store
+    finally:
+        release.set()
+        thread.join(10)
+        widget.stop()
+    assert holder["run"].info()["cancel_requested_at"] is not None
+
+
+@pytest.mark.parametrize("lines", [3])
+def test_log_pane_is_bounded(ws, lines) -> None:
+    run_id = new_run_id()
+    ws.store.create_run(run_id, "log", "w", status="completed")
+    ws.store.append_logs(run_id, [("stdout", "".join(f"line {i}\n" for i in range(50)),
+                                   time.time())])
+    widget = RunWidget(ws.get_run(run_id), log_lines=lines)
+    assert widget.feed.log_text() == "line 47\nline 48\nline 49"
+    widget.full_log_button.value = True
+    assert widget.full_log_view.value.count("\n") == 50  # the whole log, one click away

@@ -175,3 +175,31 @@ def test_log_pane_is_bounded(ws, lines) -> None:
     assert widget.feed.log_text() == "line 47\nline 48\nline 49"
     widget.full_log_button.value = True
     assert widget.full_log_view.value.count("\n") == 50  # the whole log, one click away
+
+
+def test_headless_notebook_run_keeps_the_static_result(ws_dir, tmp_path) -> None:
+    """``jupyter mlops run`` of a notebook with a ``%%train`` cell: the cell waits (headless),
+    runs on its parent's slot (one CPU slot: queueing behind it would deadlock), and the
+    stored notebook holds the final static view — table, chart image, status."""
+    import json
+
+    from .conftest import cli, make_notebook
+
+    nb = make_notebook(
+        tmp_path / "outer.ipynb",
+        "%load_ext jupyter_mlops\nimport jupyter_mlops as mlops",
+        "%%train --name inner\nfor i in range(8):\n    mlops.log('loss', 1 / (i + 1))\n"
+        "print('inner done')",
+    )
+    result = cli("run", str(nb), "--name", "outer")
+    assert result.returncode == 0, result.stderr
+    ws = mlops.workspace()
+    outer, inner = ws.get_run("outer"), ws.get_run("inner")
+    assert inner.status == "completed" and inner.info()["parent_id"] == outer.id
+    assert inner.info()["resources"]["shared_with_parent"] is True
+    stored = json.loads(ws.artifacts.open(outer.id, "notebook.ipynb").read())
+    views = [o for o in stored["cells"][1]["outputs"] if "text/html" in o.get("data", {})]
+    assert len(views) == 1
+    page = "".join(views[0]["data"]["text/html"])
+    assert "completed" in page and "mlops-metric-table" in page and "data:image/png" in page
+    assert "0.125" in "".join(views[0]["data"]["text/plain"])

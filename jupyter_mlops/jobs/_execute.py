@@ -141,6 +141,11 @@ def execute(ws: Workspace, spec: JobSpec) -> str:
 
     ws.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
                         heartbeat_at=time.time())
+    if spec.parent_resources is not None:
+        shared = spec.parent_resources
+        ws.store.merge_run_json(spec.run_id, "resources", {**shared, "shared_with_parent": True})
+        return _execute_claimed(
+            ws, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""})
     try:
         claim = get_target(spec.target).claim(ws, spec.run_id, spec.gpus)
     except ClaimCanceled:

@@ -27,6 +27,9 @@ class JobSpec:
     headless: bool = True
     target: str = "local"
     gpus: int = 0  # GPU slots to claim; 0 claims one CPU slot
+    # A job submitted by a job that waits for it (``%%train`` in a notebook run headless)
+    # runs on its parent's slots instead of queueing behind them: {"slots", "cuda_visible_devices"}
+    parent_resources: dict[str, Any] | None = None
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -58,6 +58,7 @@ def submit_notebook(
     run_id: str | None = None,
     parent_id: str | None = None,
     resources: dict[str, Any] | None = None,
+    parent_resources: dict[str, Any] | None = None,
 ) -> Run:
     """Record a new ``queued`` run for ``notebook`` and hand it to its compute target.
 
@@ -87,6 +88,7 @@ def submit_notebook(
             headless=headless,
             target=target,
             gpus=gpus,
+            parent_resources=parent_resources,
         )
         spec.save(folder / "job.json")
         ws.store.create_run(
@@ -144,12 +146,16 @@ def submit_cell(
         plan = carry(used, namespace, folder / CARRIED_DIR, max_carry_bytes)
         notebook = build_job_notebook(code, parameters, plan, outputs, origin)
         parent = current_run()
+        # Inside a headless job the parent only waits for this child: lend it its slots
+        # (queueing behind them would deadlock with a single slot).
+        lend = parent is not None and os.environ.get("JUPYTER_MLOPS_HEADLESS") == "1"
         run = submit_notebook(
             ws, notebook, name=name, experiment=experiment, parameters=parameters, tags=tags,
             kind="cell", source=origin, cwd=os.getcwd(), timeout=timeout, target=target,
             gpus=gpus, run_id=run_id, parent_id=parent.id if parent else None,
             resources={"datasets": datasets} if datasets else None,
             headless=True,
+            parent_resources=(parent.info()["resources"] or {}) if lend else None,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -180,15 +180,20 @@ class MlopsMagics(Magics):
 
     @line_magic
     def mlops(self, line: str) -> Any:
-        """%mlops runs | show RUN | attach RUN | cancel RUN | targets"""
+        """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | targets"""
         from .workspace import workspace
 
         words = shlex.split(line)
         verb, rest = (words[0], words[1:]) if words else ("", [])
         try:
             ws = workspace()
-            if verb == "runs" and not rest:
-                frame = ws.runs_dataframe()
+            if verb == "runs" and len(rest) <= 1:
+                from .widgets import RunsTable, in_kernel
+
+                experiment = rest[0] if rest else None
+                if in_kernel():
+                    return RunsTable(ws, experiment=experiment)
+                frame = ws.runs_dataframe(experiment=experiment)
                 return frame.head(50) if len(frame) else print("no runs yet")
             if verb in ("show", "attach", "cancel") and len(rest) == 1:
                 run = ws.get_run(rest[0])
@@ -215,7 +220,7 @@ class MlopsMagics(Magics):
                 return None
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
-        raise UsageError("usage: %mlops runs | show RUN | attach RUN | cancel RUN | targets")
+        raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | targets")
 
     @staticmethod
     def _parse(func: Any, line: str) -> Any:

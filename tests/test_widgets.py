@@ -203,3 +203,34 @@ def test_headless_notebook_run_keeps_the_static_result(ws_dir, tmp_path) -> None
     page = "".join(views[0]["data"]["text/html"])
     assert "completed" in page and "mlops-metric-table" in page and "data:image/png" in page
     assert "0.125" in "".join(views[0]["data"]["text/plain"])
+
+
+def test_runs_table_sorts_by_any_column_and_goes_live(ws) -> None:
+    from jupyter_mlops.widgets import RunsTable
+
+    for name, acc in [("a", 0.7), ("b", 0.9), ("c", 0.8)]:
+        with mlops.start_run(name, experiment="cmp", params={"lr": acc / 10}):
+            mlops.log("acc", acc)
+    table = RunsTable(ws, poll_interval=0.05)
+    try:
+        assert "metric.acc" in table.sort_by.options and "param.lr" in table.sort_by.options
+        table.sort_by.value = "metric.acc"
+        assert list(table.sorted_frame()["name"]) == ["b", "c", "a"]
+        table.descending.value = False
+        assert list(table.sorted_frame()["name"]) == ["a", "c", "b"]
+        page = table.table_view.value
+        assert page.index(">a<") < page.index(">c<") < page.index(">b<")
+        # A new run that is still going appears with its live status, then its ending.
+        run_id = new_run_id()
+        ws.store.create_run(run_id, "d", "cmp", status="running", started_at=time.time(),
+                            heartbeat_at=time.time())
+        table.refresh()
+        table._thread = threading.Thread(target=table._follow, daemon=True)
+        table._thread.start()
+        wait_until(lambda: "running" in table.table_view.value, timeout=10, what="running")
+        ws.store.set_status(run_id, "completed")
+        wait_until(lambda: "running" not in table.table_view.value, timeout=10,
+                   what="the table to show the ending")
+        assert "text/html" in table._repr_mimebundle_()
+    finally:
+        table.stop()

@@ -55,7 +55,7 @@ def test_location_from_traitlets_config(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_open_creates_schema_wal_and_head_revision(ws) -> None:
     store = ws.store
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == store.head_revision()
     db = sqlite3.connect(ws.location.directory / "mlops.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -213,6 +213,6 @@ def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> N
         )
     engine.dispose()
     store = Store(loc)
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == store.head_revision()
     row = store.get_run_row("old1")
     assert row["name"] == "old" and row["resources"] is None

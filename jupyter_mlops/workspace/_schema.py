@@ -49,6 +49,28 @@ runs = sa.Table(
     sa.Column("parent_id", sa.String(32), nullable=True, index=True),
     # {"slots": ["gpu:0"], "cuda_visible_devices": "0", "kernel_pid": 123}  (migration 0002)
     sa.Column("resources", sa.JSON, nullable=True),
+    # a trial of a sweep (migration 0003)
+    sa.Column("sweep_id", sa.String(32), nullable=True, index=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+)
+
+sweeps = sa.Table(
+    "sweeps",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # space, metric, goal, sampler, trials, concurrency, policy, target, gpus, code/notebook
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=True),
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("cancel_requested_at", sa.Float, nullable=True),
 )
 
 metrics = sa.Table(

@@ -146,6 +146,13 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @staticmethod
+    def head_revision() -> str:
+        """The newest schema revision this jupyter-mlops knows."""
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
     def schema_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 

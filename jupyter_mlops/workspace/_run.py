@@ -177,7 +177,7 @@ class Run:
         if store.set_status(self.id, "canceled", only_from=("queued",), error="canceled"):
             return
         if self.status in ACTIVE:
-            store.update_run(self.id, cancel_requested_at=time.time())
+            store.request_stop(self.id, "canceled by request")
 
     # -- display --------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ runs = sa.Table(
     # a trial of a sweep (migration 0003)
     sa.Column("sweep_id", sa.String(32), nullable=True, index=True),
     sa.Column("trial_number", sa.Integer, nullable=True),
+    # why a stop was requested, in words: "canceled by request", or a pruner's verdict
+    sa.Column("stop_reason", sa.Text, nullable=True),
 )
 
 sweeps = sa.Table(

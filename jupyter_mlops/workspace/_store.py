@@ -246,6 +246,26 @@ class Store:
                 t.runs.update().where(t.runs.c.id == run_id).values(heartbeat_at=time.time())
             )
 
+    def request_stop(self, run_id: str, reason: str) -> None:
+        """Ask a run's job to stop (it reads this through ``cancel_requested``/``stop_request``)."""
+        with self.write() as conn:
+            conn.execute(
+                t.runs.update()
+                .where(t.runs.c.id == run_id, t.runs.c.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=time.time(), stop_reason=reason)
+            )
+
+    def stop_request(self, run_id: str) -> str | None:
+        """The reason a stop was requested for the run, or None if none was."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(t.runs.c.cancel_requested_at, t.runs.c.stop_reason)
+                .where(t.runs.c.id == run_id)
+            ).first()
+        if row is None or row[0] is None:
+            return None
+        return row[1] or "canceled by request"
+
     def cancel_requested(self, run_id: str) -> bool:
         with self.read() as conn:
             return bool(

@@ -1,5 +1,7 @@
 """Sweeps: a parent record per hyperparameter search; trials are runs that point to it.
 
+Runs also get ``stop_reason``: why a stop was asked (a pruning policy's verdict in words).
+
 Revision ID: 0003
 Revises: 0002
 """
@@ -34,12 +36,14 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("sweep_id", sa.String(32), nullable=True))
         batch.add_column(sa.Column("trial_number", sa.Integer, nullable=True))
+        batch.add_column(sa.Column("stop_reason", sa.Text, nullable=True))
         batch.create_index("ix_runs_sweep_id", ["sweep_id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.drop_index("ix_runs_sweep_id")
+        batch.drop_column("stop_reason")
         batch.drop_column("trial_number")
         batch.drop_column("sweep_id")
     op.drop_index("ix_sweeps_name", "sweeps")

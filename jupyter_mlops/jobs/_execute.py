@@ -30,6 +30,7 @@ from ._spec import JobSpec, job_dir
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FLUSH_INTERVAL = 0.1
 CANCEL_GRACE = 5.0  # seconds between the interrupt and the kill
+PRUNE_GRACE = 10.0  # seconds a pruned trial has to notice should_stop() before the interrupt
 
 
 class LogSink:
@@ -83,7 +84,9 @@ class Watchdog:
 
     def __init__(self, ws: Workspace, spec: JobSpec, kernel_pid: Callable[[], int | None]):
         self.ws, self.spec, self._kernel_pid = ws, spec, kernel_pid
-        self.stop_reason: str | None = None  # "canceled" or "timeout"
+        self.stop_reason: str | None = None  # "canceled", "pruned" or "timeout"
+        self.stop_message: str | None = None
+        self._stop_at = 0.0
         self._interrupted_at: float | None = None
         self._done = threading.Event()
         self._started = time.monotonic()
@@ -97,14 +100,20 @@ class Watchdog:
                 if time.monotonic() - last_beat >= self.ws.config.heartbeat_interval:
                     self.ws.store.heartbeat(self.spec.run_id)
                     last_beat = time.monotonic()
-                if self.stop_reason is None and self.ws.store.cancel_requested(self.spec.run_id):
-                    self.stop_reason = "canceled"
+                if self.stop_reason is None:
+                    request = self.ws.store.stop_request(self.spec.run_id)
+                    if request is not None:
+                        self.stop_reason = "pruned" if request.startswith("pruned") else "canceled"
+                        self.stop_message = request
+                        # A pruned trial first gets time to stop by itself (should_stop()).
+                        grace = PRUNE_GRACE if self.stop_reason == "pruned" else 0.0
+                        self._stop_at = time.monotonic() + grace
             except Exception as exc:
                 sys.__stderr__.write(f"jupyter-mlops: heartbeat failed: {exc}\n")
             timeout = self.spec.timeout
             if self.stop_reason is None and timeout and time.monotonic() - self._started > timeout:
                 self.stop_reason = "timeout"
-            if self.stop_reason:
+            if self.stop_reason and time.monotonic() >= self._stop_at:
                 self._stop_kernel()
 
     def _stop_kernel(self) -> None:
@@ -247,13 +256,15 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
         if kernel_pid() is not None:
             kill_tree(kernel_pid())  # never leave a kernel holding a GPU behind
 
-    return _finish(ws, spec, watchdog.stop_reason, error, outputs, output_nb, env_thread)
+    return _finish(ws, spec, watchdog.stop_reason, watchdog.stop_message, error, outputs,
+                   output_nb, env_thread)
 
 
 def _finish(
     ws: Workspace,
     spec: JobSpec,
     stop_reason: str | None,
+    stop_message: str | None,
     error: str | None,
     outputs: Path,
     output_nb: Path,
@@ -270,8 +281,10 @@ def _finish(
         stored_error = "storing the run's files failed:\n" + traceback.format_exc()
     env_thread.join(timeout=30)
 
-    if stop_reason == "canceled":
-        status, message = "canceled", "canceled by request"
+    if stop_reason == "pruned":
+        status, message = "pruned", stop_message  # metrics so far are kept, as for any ending
+    elif stop_reason == "canceled":
+        status, message = "canceled", stop_message or "canceled by request"
     elif stop_reason == "timeout":
         status, message = "failed", f"timed out after {spec.timeout:g} s"
     elif error:

@@ -282,6 +282,44 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .jobs import read_notebook
+    from .workspace import workspace
+
+    read_notebook(args.notebook)  # a clear error before anything is stored
+    ws = workspace()
+    sweep = ws.sweep(
+        str(Path(args.notebook).resolve()), params=args.param, metric=args.metric,
+        goal=args.goal, sampler=args.sampler, trials=args.trials,
+        concurrency=args.concurrency, policy=args.policy, fixed=parse_params(args.fixed),
+        retry_failed=args.retry_failed, seed=args.seed, gpus=args.gpus, timeout=args.timeout,
+        name=args.name or Path(args.notebook).stem + "-sweep", experiment=args.experiment)
+    if not args.wait:
+        print(sweep.id)
+        return 0
+    print(f"sweep {sweep.id} started (Ctrl-C detaches, the sweep goes on)", file=sys.stderr)
+    last = None
+    try:
+        while sweep.status not in ("completed", "failed", "canceled", "lost"):
+            progress = sweep.progress()
+            if progress != last:
+                print(", ".join(f"{k} {v}" for k, v in progress.items()), file=sys.stderr)
+                last = progress
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print(f"\ndetached from sweep {sweep.id}; it goes on", file=sys.stderr)
+        return 130
+    frame = sweep.to_dataframe()
+    if args.json:
+        print(frame.to_json(orient="records"))
+    else:
+        print(frame.drop(columns=["reason"]).to_string(index=False) if len(frame) else "no trials")
+        print("\n".join(sweep.summary_lines()))
+    return 0 if sweep.status == "completed" else EXIT_FAILED
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from .workspace import workspace
 
@@ -350,6 +388,32 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = runs_sub.add_parser("cancel", help="stop a queued or running run")
     cancel.add_argument("run")
     cancel.set_defaults(func=cmd_runs_cancel)
+
+    from .registry._cli import add_commands as add_registry_commands
+
+    add_registry_commands(sub, runs_sub)  # models ..., datasets ..., runs diff
+
+    sweep = sub.add_parser("sweep", help="sweep a notebook's parameters (papermill trials)")
+    sweep.add_argument("notebook")
+    sweep.add_argument("--param", action="append", required=True, metavar="NAME=EXPR",
+                       help="e.g. lr=loguniform(1e-4,1e-1), layers=choice(1,2,3)")
+    sweep.add_argument("--metric", required=True)
+    sweep.add_argument("--goal", default="max", choices=["max", "min"])
+    sweep.add_argument("--sampler", default="random", choices=["random", "grid", "tpe"])
+    sweep.add_argument("--trials", type=int, default=20)
+    sweep.add_argument("--concurrency", type=int, default=2)
+    sweep.add_argument("--policy", default="none")
+    sweep.add_argument("-p", "--parameter", dest="fixed", nargs=2, action="append",
+                       metavar=("NAME", "VALUE"), help="a parameter fixed for every trial")
+    sweep.add_argument("--retry-failed", type=int, default=0)
+    sweep.add_argument("--seed", type=int)
+    sweep.add_argument("--gpus", type=int, default=0)
+    sweep.add_argument("--timeout", type=float, help="seconds per trial")
+    sweep.add_argument("--name")
+    sweep.add_argument("--experiment", default="Default")
+    sweep.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(func=cmd_sweep)
 
     gate = sub.add_parser("gate", help="exit 1 unless a run's metric is within bounds (for CI)")
     gate.add_argument("--run", required=True)

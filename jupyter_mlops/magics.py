@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Int
 from traitlets.config import Configurable
@@ -58,7 +58,7 @@ def _notebook_name() -> str:
     return Path(path).stem if path else ""
 
 
-def wait_for(run: Run, out: Any = None, poll: float = 0.25, quiet: bool = False) -> str:
+def wait_for(run: Run, out: Any = None, poll: float = 0.05, quiet: bool = False) -> str:
     """Print progress lines (and the log unless ``quiet``) as the run goes; returns its final
     status."""
     out = out or sys.stdout
@@ -178,9 +178,99 @@ class MlopsMagics(Magics):
                             f"{error.splitlines()[-1] if error else 'no error recorded'}")
         return run
 
+    @magic_arguments()
+    @argument("--from", dest="from_run", default=None,
+              help="sweep the code of this %%%%train run (default: the last one)")
+    @argument("--param", action="append", metavar="NAME=EXPR",
+              help="choice(..)|uniform(a,b)|loguniform(a,b)|quniform(a,b,q)|randint(a,b)|"
+                   "normal(mu,sigma)")
+    @argument("--metric", help="the metric trials log, to rank and prune them")
+    @argument("--goal", default="max", help="max or min")
+    @argument("--sampler", default="random", help="random, grid or tpe")
+    @argument("--trials", type=int, default=20)
+    @argument("--concurrency", type=int, default=2)
+    @argument("--policy", default="none",
+              help="bandit(slack=0.15,interval=1,delay=5) | median(...) | hyperband(...) | "
+                   "asha(...) | none")
+    @argument("-p", dest="fixed", action="append", metavar="NAME=VALUE",
+              help="a parameter fixed for every trial")
+    @argument("--name")
+    @argument("--experiment", default=None)
+    @argument("--target", default="local")
+    @argument("--gpus", type=int, default=0, help="GPUs per trial")
+    @argument("--retry-failed", dest="retry_failed", type=int, default=0)
+    @argument("--seed", type=int, default=None)
+    @argument("--timeout", type=float, default=None, help="seconds per trial")
+    @argument("--wait", action="store_true", help="block until the sweep ends")
+    @argument("--resume", action="store_true",
+              help="continue the newest unfinished sweep of this name instead of starting one")
+    @line_cell_magic
+    def sweep(self, line: str, cell: str | None = None) -> Any:
+        """Sweep hyperparameters over this cell (%%sweep) or an earlier %%train run (%sweep)."""
+        from .workspace import workspace
+
+        args = self._parse(self.sweep, line)
+        try:
+            ws = workspace()
+            if args.resume:
+                return self._resume_sweep(ws, args)
+            if not args.param or not args.metric:
+                raise UsageError("a sweep needs --param name=expression ... and --metric M")
+            from_run = None
+            if cell is None:
+                last = self.shell.user_ns.get("_run")
+                from_run = args.from_run if args.from_run not in (None, "last") else (
+                    last.id if last is not None else None)
+                if from_run is None:
+                    raise UsageError("%sweep needs --from RUN, or a %%train cell run before it "
+                                     "(use %%sweep to sweep a cell's own code)")
+            notebook = _notebook_name()
+            sweep = ws.sweep(
+                cell, params=args.param, metric=args.metric, goal=args.goal,
+                sampler=args.sampler, trials=args.trials, concurrency=args.concurrency,
+                policy=args.policy, from_run=from_run, namespace=self.shell.user_ns,
+                fixed=parse_assignments(args.fixed, "-p"), target=args.target, gpus=args.gpus,
+                retry_failed=args.retry_failed, seed=args.seed, timeout=args.timeout,
+                name=args.name, experiment=args.experiment or notebook or "Default")
+        except MlopsError as exc:
+            raise UsageError(str(exc)) from None
+        self.shell.user_ns["_sweep"] = sweep
+        if args.wait or _headless():
+            self._wait_sweep(sweep)
+        return sweep
+
+    def _resume_sweep(self, ws: Any, args: Any) -> Any:
+        candidates = [s for s in ws.sweeps() if s.status != "completed"
+                      and (args.name is None or s.name == args.name)]
+        if not candidates:
+            raise UsageError("no unfinished sweep to resume" +
+                             (f" named {args.name!r}" if args.name else ""))
+        sweep = candidates[0].resume()
+        self.shell.user_ns["_sweep"] = sweep
+        if args.wait or _headless():
+            self._wait_sweep(sweep)
+        return sweep
+
+    @staticmethod
+    def _wait_sweep(sweep: Any) -> None:
+        last = None
+        try:
+            while sweep.status not in TERMINAL:
+                progress = sweep.progress()
+                if progress != last:
+                    print(f"[{time.strftime('%H:%M:%S')}] sweep {sweep.id}: "
+                          + ", ".join(f"{k} {v}" for k, v in progress.items()))
+                    last = progress
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print(f"\ndetached from sweep {sweep.id}: it goes on (`_sweep.cancel()` stops it)")
+            return
+        print("\n".join(sweep.summary_lines()))
+
     @line_magic
     def mlops(self, line: str) -> Any:
-        """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | targets"""
+        """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | models [NAME[:V]] |
+        datasets [NAME[:V]] | targets"""
         from .workspace import workspace
 
         words = shlex.split(line)
@@ -213,6 +303,10 @@ class MlopsMagics(Magics):
                 get_target(run.info()["target"] or "local").cancel(run)
                 print(f"cancel requested for run {run.id}")
                 return None
+            if verb in ("models", "datasets") and len(rest) <= 1:
+                from .registry._views import registry_view
+
+                return registry_view(ws, verb, rest[0] if rest else None)
             if verb == "targets" and not rest:
                 from .compute import get_target
 
@@ -220,7 +314,8 @@ class MlopsMagics(Magics):
                 return None
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
-        raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | targets")
+        raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | "
+                         "models [NAME[:VERSION]] | datasets [NAME[:VERSION]] | targets")
 
     @staticmethod
     def _parse(func: Any, line: str) -> Any:

@@ -59,11 +59,13 @@ def submit_notebook(
     parent_id: str | None = None,
     resources: dict[str, Any] | None = None,
     parent_resources: dict[str, Any] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> Run:
     """Record a new ``queued`` run for ``notebook`` and hand it to its compute target.
 
     ``run_id`` may be given when the caller already prepared files in the run's job folder
-    (``%%train`` writes the carried names there first).
+    (``%%train`` writes the carried names there first); ``fields`` are more columns of the
+    run (a sweep's trial sets ``sweep_id`` and ``trial_number``).
     """
     from ..compute import get_target
 
@@ -94,7 +96,7 @@ def submit_notebook(
         ws.store.create_run(
             run_id, name, experiment, status="queued", kind=kind, source=source,
             target=target, params=spec.parameters, tags=dict(tags or {}),
-            parent_id=parent_id, resources=resources,
+            parent_id=parent_id, resources=resources, **(fields or {}),
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -140,6 +142,10 @@ def submit_cell(
         raise InvalidInput(f"--outputs names {', '.join(map(repr, never_bound))}, which the "
                            "cell never assigns")
     ws = ws or workspace()
+    if datasets:  # refuse unknown ones now; "latest" means the newest at submission
+        from ..registry import pin_datasets
+
+        datasets = pin_datasets(ws, datasets)
     run_id = new_run_id()
     folder = job_dir(ws, run_id)
     try:

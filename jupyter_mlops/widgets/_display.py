@@ -15,7 +15,7 @@ from typing import Any
 from ..workspace import Run
 from ._run_widget import RunWidget
 
-_pending: list[tuple[RunWidget, Any]] = []
+_pending: list[tuple[Any, Any]] = []  # (a live view with .finished and .refresh(), handle)
 _hook_installed = False
 
 
@@ -31,16 +31,21 @@ def in_kernel() -> bool:
 
 def show_run_widget(run: Run) -> tuple[RunWidget, Any]:
     """Display a live RunWidget; returns it and its display handle."""
+    widget = RunWidget(run)
+    return widget, show_live(widget)
+
+
+def show_live(widget: Any) -> Any:
+    """Display a live view; its final static form replaces it once it has finished."""
     from IPython.display import display
 
-    widget = RunWidget(run)
     handle = display(widget, display_id=True)
     _pending.append((widget, handle))
     _install_hook()
-    return widget, handle
+    return handle
 
 
-def finalize(widget: RunWidget, handle: Any) -> None:
+def finalize(widget: Any, handle: Any) -> None:
     """Bring the view to the run's end and re-send its display with the final static form."""
     widget.refresh()
     if handle is not None:
@@ -51,7 +56,7 @@ def finalize(widget: RunWidget, handle: Any) -> None:
 
 def _finalize_finished(*_: Any) -> None:
     for widget, handle in list(_pending):
-        if widget.feed.finished:
+        if widget.finished:
             try:
                 finalize(widget, handle)
             except Exception:  # a view must never break the user's next cell

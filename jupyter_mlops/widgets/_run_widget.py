@@ -110,6 +110,10 @@ class RunWidget(w.VBox):
                                             name=f"mlops-widget-{run.id}")
             self._thread.start()
 
+    @property
+    def finished(self) -> bool:
+        return self.feed.finished
+
     # -- updating -------------------------------------------------------------------------
 
     def refresh(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,9 +83,10 @@ class Store:
     def _create_directory(directory: Path) -> None:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".write-probe"
-            probe.touch()
-            probe.unlink()
+            # A uniquely named probe: processes opening the workspace at once must not
+            # delete each other's probe.
+            with tempfile.TemporaryFile(dir=directory, prefix=".write-probe-"):
+                pass
         except OSError as exc:
             raise WorkspaceError(
                 f"the workspace directory {directory} is not writable ({exc.strerror}); "
@@ -320,6 +322,66 @@ class Store:
         if tags:  # JSON filtering differs per database; the list is small, filter here.
             rows = [r for r in rows if all(r["tags"].get(k) == v for k, v in tags.items())]
         return rows[:limit] if limit else rows
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def create_sweep(self, sweep_id: str, name: str, experiment: str, spec: dict[str, Any]
+                     ) -> None:
+        with self.write() as conn:
+            conn.execute(t.sweeps.insert().values(
+                id=sweep_id, name=name, experiment_id=self.experiment_id(conn, experiment),
+                status="queued", spec=spec, created_at=time.time()))
+
+    def update_sweep(self, sweep_id: str, **fields: Any) -> None:
+        with self.write() as conn:
+            conn.execute(t.sweeps.update().where(t.sweeps.c.id == sweep_id).values(**fields))
+
+    def set_sweep_status(self, sweep_id: str, status: str, *,
+                         only_from: Sequence[str] = ACTIVE, **fields: Any) -> bool:
+        if status in TERMINAL:
+            fields.setdefault("ended_at", time.time())
+        with self.write() as conn:
+            result = conn.execute(
+                t.sweeps.update()
+                .where(t.sweeps.c.id == sweep_id, t.sweeps.c.status.in_(only_from))
+                .values(status=status, **fields))
+            return result.rowcount == 1
+
+    def _sweep_query(self) -> sa.Select:
+        return sa.select(t.sweeps, t.experiments.c.name.label("experiment")).join(t.experiments)
+
+    def get_sweep_row(self, sweep_id: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(self._sweep_query().where(t.sweeps.c.id == sweep_id)).first()
+        return dict(row._mapping) if row else None
+
+    def find_sweeps(self, ref: str) -> list[dict[str, Any]]:
+        """Sweeps whose id is ``ref``, else the newest of that name, else by prefix."""
+        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = self._sweep_query().where(sa.or_(
+            t.sweeps.c.id.like(escaped + "%", escape="\\"),
+            t.sweeps.c.name.like(escaped + "%", escape="\\"),
+        )).order_by(t.sweeps.c.created_at.desc())
+        with self.read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query.limit(50))]
+        for exact in ([r for r in rows if r["id"] == ref], [r for r in rows if r["name"] == ref]):
+            if exact:
+                return exact[:1]
+        return rows
+
+    def list_sweeps(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        query = self._sweep_query().order_by(t.sweeps.c.created_at.desc())
+        if experiment is not None:
+            query = query.where(t.experiments.c.name == experiment)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def sweep_trials(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The runs of a sweep, in trial order."""
+        query = (self._run_query().where(t.runs.c.sweep_id == sweep_id)
+                 .order_by(t.runs.c.trial_number, t.runs.c.created_at))
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     # -- metrics --------------------------------------------------------------------------
 

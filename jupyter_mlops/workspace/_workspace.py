@@ -16,6 +16,8 @@ from ._store import ALL_STATUSES, Store
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..registry import DatasetRegistry, Lineage, ModelRegistry, RunDiff
+
 _cache: dict[WorkspaceLocation, Workspace] = {}
 _cache_lock = threading.Lock()
 
@@ -104,6 +106,103 @@ class Workspace:
 
     def experiments(self) -> list[dict[str, Any]]:
         return self.store.experiments()
+
+    # -- registry: models, datasets, lineage ------------------------------------------------
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The model registry: ``ws.models.register/list/get``."""
+        from ..registry import ModelRegistry
+
+        return ModelRegistry(self)
+
+    @property
+    def datasets(self) -> DatasetRegistry:
+        """Versioned datasets: ``ws.datasets.register/list/get``."""
+        from ..registry import DatasetRegistry
+
+        return DatasetRegistry(self)
+
+    def lineage(self, model: Any = None, run: Any = None) -> Lineage:
+        """What made a model version (``model="mnist:3"``) or a run: run, code snapshot,
+        params, environment, dataset versions, parent sweep."""
+        from ..registry import lineage
+
+        return lineage(self, model=model, run=run)
+
+    def diff_runs(self, run_a: Any, run_b: Any) -> RunDiff:
+        """Differences between two runs in params, metrics, environment, packages,
+        datasets and code."""
+        from ..registry import diff_runs
+
+        return diff_runs(self, run_a, run_b)
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        code_or_notebook: str | os.PathLike[str] | Any | None = None,
+        *,
+        params: dict[str, str] | list[str],
+        metric: str,
+        goal: str = "max",
+        sampler: str = "random",
+        trials: int = 20,
+        concurrency: int = 2,
+        policy: str = "none",
+        from_run: str | None = None,
+        namespace: dict[str, Any] | None = None,
+        fixed: dict[str, Any] | None = None,
+        target: str = "local",
+        gpus: int = 0,
+        retry_failed: int = 0,
+        seed: int | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        experiment: str = "Default",
+    ) -> Any:
+        """Start a hyperparameter sweep; returns a ``Sweep`` at once (its controller runs
+        detached). The code is a notebook path, a notebook node, a cell's source (names it
+        reads are carried from ``namespace``), or the code of an earlier run (``from_run``)."""
+        from ..sweeps import SweepSpec, create_sweep
+        from ..sweeps._sources import sweep_source
+
+        notebook, carried, source, cwd = sweep_source(
+            self, code_or_notebook, from_run=from_run, namespace=namespace,
+            swept=list(params if isinstance(params, dict) else
+                       [p.partition("=")[0].strip() for p in params]),
+            fixed=fixed or {})
+        space = params if isinstance(params, dict) else dict(
+            (p.partition("=")[0].strip(), p.partition("=")[2].strip()) for p in params)
+        spec = SweepSpec(space=space, metric=metric, goal=goal, sampler=sampler, trials=trials,
+                         concurrency=concurrency, policy=policy, target=target, gpus=gpus,
+                         retry_failed=retry_failed, seed=seed, timeout=timeout,
+                         parameters=dict(fixed or {}), source=source, cwd=cwd)
+        try:
+            return create_sweep(self, notebook, spec, name=name, experiment=experiment,
+                                carried_from=carried)
+        finally:
+            if carried is not None and source.startswith("cell"):
+                import shutil
+
+                shutil.rmtree(carried.parent, ignore_errors=True)
+
+    def get_sweep(self, ref: str) -> Any:
+        """A sweep by id, by name (the newest of that name) or by a unique prefix."""
+        from ..sweeps import Sweep
+
+        matches = self.store.find_sweeps(str(ref).strip())
+        if not matches:
+            raise NotFound(f"no sweep matches {ref!r} in {self.location.directory}")
+        if len(matches) > 1:
+            shown = ", ".join(f"{m['id']} ({m['name']})" for m in matches[:5])
+            raise NotFound(f"{ref!r} matches {len(matches)} sweeps: {shown}")
+        return Sweep(self, matches[0]["id"])
+
+    def sweeps(self, experiment: str | None = None) -> list[Any]:
+        from ..sweeps import Sweep
+
+        return [Sweep(self, r["id"]) for r in self.store.list_sweeps(experiment=experiment)]
 
 
 def workspace(path: str | os.PathLike[str] | None = None) -> Workspace:

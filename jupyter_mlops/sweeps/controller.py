@@ -1,0 +1,309 @@
+"""The sweep controller: ``python -m jupyter_mlops.sweeps.controller SWEEP_ID``.
+
+Started detached, so it outlives the notebook. It rebuilds its Optuna study from the store
+(finished trials are told back with their params, intermediate values and outcome), then
+loops: submit trials up to the concurrency limit, feed each running trial's new metric
+points to the pruner, ask pruned trials to stop (cooperatively first — the job's
+``should_stop()`` turns True — then the job runner interrupts them), record endings, retry
+failed trials when asked. Killing it loses nothing: the next controller resumes from the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+import traceback
+from statistics import NormalDist
+from typing import Any
+
+import nbformat
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from .._fastimport import skip_slow_optional_imports
+from ..workspace import TERMINAL, Workspace, new_run_id, workspace
+from ._policies import Policy, parse_policy
+from ._space import Param, parse_space
+from ._sweep import SweepSpec, sweep_dir
+
+POLL = 0.2
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def distributions(param: Param) -> dict[str, BaseDistribution]:
+    """The Optuna distribution(s) behind one parameter (``normal`` samples a quantile)."""
+    a = param.args
+    if param.kind == "choice":
+        return {param.name: CategoricalDistribution(list(a))}
+    if param.kind == "uniform":
+        return {param.name: FloatDistribution(a[0], a[1])}
+    if param.kind == "loguniform":
+        return {param.name: FloatDistribution(a[0], a[1], log=True)}
+    if param.kind == "quniform":
+        return {param.name: FloatDistribution(a[0], a[1], step=a[2])}
+    if param.kind == "randint":
+        return {param.name: IntDistribution(a[0], a[1])}
+    return {f"{param.name}__quantile": FloatDistribution(1e-6, 1 - 1e-6)}
+
+
+def optuna_params(param: Param, value: Any) -> dict[str, Any]:
+    """The Optuna-side value of a parameter from the value the trial ran with."""
+    if param.kind == "normal":
+        q = NormalDist(*param.args).cdf(float(value))
+        return {f"{param.name}__quantile": min(max(q, 1e-6), 1 - 1e-6)}
+    return {param.name: value}
+
+
+def make_sampler(spec: SweepSpec, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
+    # Grid points are enqueued by the controller (Optuna's GridSampler calls study.stop(),
+    # which only works inside study.optimize, not with ask/tell).
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed,
+                                          n_startup_trials=max(2, min(10, spec.trials // 4)))
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+class Controller:
+    def __init__(self, ws: Workspace, sweep_id: str):
+        self.ws, self.id = ws, sweep_id
+        row = ws.store.get_sweep_row(sweep_id)
+        if row is None:
+            raise SystemExit(f"no sweep {sweep_id}")
+        self.row = row
+        self.spec = SweepSpec(**row["spec"])
+        self.space = parse_space(self.spec.space)
+        self.policy: Policy = parse_policy(self.spec.policy)
+        self.pruner = self.policy.pruner()
+        self.study = optuna.create_study(
+            direction=self.spec.goal, sampler=make_sampler(self.spec, self.space),
+            pruner=self.pruner)
+        self.dists: dict[str, BaseDistribution] = {}
+        for param in self.space.values():
+            self.dists.update(distributions(param))
+        self.folder = sweep_dir(ws, sweep_id)
+        self.base = nbformat.read(self.folder / "base.ipynb", as_version=4)
+        # run id -> [optuna trial or None (followed only), last metric row id, stop asked,
+        #            steps already reported]
+        self.active: dict[str, list[Any]] = {}
+        self.used = 0  # trial slots spent (retries don't spend one)
+        self.retries: dict[str, int] = {}  # params key -> retries so far
+        self.next_number = 0
+        self.canceling = False
+        self.grid: list[dict[str, Any]] = []
+        if self.spec.sampler == "grid":
+            names = list(self.space)
+            points = [dict(zip(names, values)) for values in itertools.product(
+                *(self.space[n].grid_values() for n in names))]
+            random.Random(self.spec.seed).shuffle(points)
+            self.grid = points
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Tell the study every trial the store already holds."""
+        for row in self.ws.store.sweep_trials(self.id):
+            self.next_number = max(self.next_number, (row["trial_number"] or 0) + 1)
+            retry_of = row["tags"].get("sweep.retry_of")
+            key = self._key(row["params"])
+            if retry_of:
+                self.retries[key] = self.retries.get(key, 0) + 1
+            else:
+                self.used += 1
+                self.grid = [p for p in self.grid if self._key(p) != key]
+            if row["status"] not in TERMINAL:
+                self.active[row["id"]] = [None, 0, row["cancel_requested_at"] is not None, set()]
+                continue
+            self._add_finished(row)
+
+    def _key(self, params: dict[str, Any]) -> str:
+        return repr(sorted((k, params.get(k)) for k in self.space))
+
+    def _trial_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, param in self.space.items():
+            out.update(optuna_params(param, params[name]))
+        return out
+
+    def _intermediate(self, run_id: str) -> dict[int, float]:
+        return {s: v for _, _, s, v, _ in self.ws.store.metric_rows(run_id, key=self.spec.metric)}
+
+    def _add_finished(self, row: dict[str, Any]) -> None:
+        status = row["status"]
+        values = self._intermediate(row["id"])
+        final = values[max(values)] if values else None
+        try:
+            params = self._trial_params(row["params"])
+        except KeyError:
+            return  # a trial from another space: nothing to learn from it
+        if status == "completed" and final is not None and not math.isnan(final):
+            state, value = TrialState.COMPLETE, final
+        elif status == "pruned":
+            state, value = TrialState.PRUNED, None
+        else:
+            state, value = TrialState.FAIL, None
+        trial = optuna.trial.create_trial(
+            params=params, distributions={k: self.dists[k] for k in params}, value=value,
+            intermediate_values={s: v for s, v in values.items() if not math.isnan(v)},
+            state=state)
+        self.study.add_trial(trial)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> str:
+        store = self.ws.store
+        store.update_sweep(self.id, host=socket.gethostname(), pid=os.getpid(),
+                           heartbeat_at=time.time())
+        store.set_sweep_status(self.id, "running", only_from=("queued",),
+                               started_at=self.row["started_at"] or time.time())
+        self.restore()
+        last_beat = 0.0
+        while True:
+            now = time.time()
+            if now - last_beat > self.ws.config.heartbeat_interval:
+                store.update_sweep(self.id, heartbeat_at=now)
+                last_beat = now
+                row = store.get_sweep_row(self.id) or {}
+                if row.get("cancel_requested_at") and not self.canceling:
+                    self.canceling = True
+                    for run_id in self.active:
+                        store.request_stop(run_id, "canceled: the sweep was canceled")
+            self._follow_trials()
+            if not self.canceling:
+                self._submit_more()
+            if not self.active and (self.canceling or self.used >= self.spec.trials):
+                break
+            time.sleep(POLL)
+        status = "canceled" if self.canceling else "completed"
+        store.set_sweep_status(self.id, status, only_from=("running",),
+                               error="canceled by request" if self.canceling else None)
+        return status
+
+    def _follow_trials(self) -> None:
+        store = self.ws.store
+        for run_id, entry in list(self.active.items()):
+            trial, last_id, stop_asked, reported = entry
+            rows = store.metric_rows(run_id, key=self.spec.metric, after_id=last_id)
+            if rows:
+                entry[1] = rows[-1][0]
+                if trial is not None:
+                    for _, _, step, value, _ in rows:
+                        if step not in reported:  # Optuna takes one value per step
+                            trial.report(value, step)
+                            reported.add(step)
+                    if not stop_asked and trial.should_prune():
+                        frozen = next(t for t in self.study.get_trials(deepcopy=False)
+                                      if t.number == trial.number)
+                        reason = self.policy.explain(self.pruner, self.study, frozen)
+                        store.request_stop(run_id, f"pruned: {reason}")
+                        entry[2] = True
+            row = store.get_run_row(run_id)
+            if row is None or row["status"] not in TERMINAL:
+                continue
+            del self.active[run_id]
+            self._record_ending(trial, row)
+
+    def _record_ending(self, trial: optuna.Trial | None, row: dict[str, Any]) -> None:
+        status = row["status"]
+        if trial is None:  # a trial started by an earlier controller
+            self._add_finished(row)
+        elif status == "completed":
+            values = self._intermediate(row["id"])
+            final = values[max(values)] if values else None
+            if final is None or math.isnan(final):
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.ws.store.update_run(row["id"], error=(
+                    f"the trial logged no {self.spec.metric!r}: it cannot be ranked"))
+            else:
+                self.study.tell(trial, final)
+        elif status == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        if status in ("failed", "lost") and not self.canceling:
+            key = self._key(row["params"])
+            if self.retries.get(key, 0) < self.spec.retry_failed:
+                self.retries[key] = self.retries.get(key, 0) + 1
+                params = {k: row["params"][k] for k in self.space}
+                self._submit(params, retry_of=row["id"])
+
+    def _submit_more(self) -> None:
+        while len(self.active) < self.spec.concurrency and self.used < self.spec.trials:
+            if self.spec.sampler == "grid":
+                if not self.grid:
+                    self.used = self.spec.trials  # every point of the grid has run
+                    return
+                self.study.enqueue_trial(self._trial_params(self.grid.pop(0)))
+            trial = self.study.ask()
+            params = {name: p.suggest(trial) for name, p in self.space.items()}
+            self.used += 1
+            self._submit(params, trial=trial)
+
+    def _submit(self, params: dict[str, Any], trial: optuna.Trial | None = None,
+                retry_of: str | None = None) -> None:
+        from ..jobs import job_dir, submit_notebook
+
+        if trial is None:  # a retry: the study hears about it as a new trial with these params
+            self.study.enqueue_trial(self._trial_params(params))
+            trial = self.study.ask()
+            for name, p in self.space.items():
+                p.suggest(trial)
+        number = self.next_number
+        self.next_number += 1
+        run_id = new_run_id()
+        carried = self.folder / "carried"
+        if carried.is_dir():
+            shutil.copytree(carried, job_dir(self.ws, run_id) / "carried",
+                            copy_function=_link_or_copy)
+        spec = self.spec
+        tags = {"sweep": self.id, **({"sweep.retry_of": retry_of} if retry_of else {})}
+        try:
+            submit_notebook(
+                self.ws, self.base, name=f"{self.row['name']}-{number}",
+                experiment=self.row["experiment"], parameters={**spec.parameters, **params},
+                tags=tags, kind="trial", source=spec.source, cwd=spec.cwd,
+                timeout=spec.timeout, kernel_name=spec.kernel_name, target=spec.target,
+                gpus=spec.gpus, run_id=run_id,
+                fields={"sweep_id": self.id, "trial_number": number})
+        except Exception:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        self.active[run_id] = [trial, 0, False, set()]
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    skip_slow_optional_imports()
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m jupyter_mlops.sweeps.controller SWEEP_ID", file=sys.stderr)
+        return 2
+    ws = workspace()
+    try:
+        status = Controller(ws, argv[0]).run()
+    except BaseException:
+        ws.store.set_sweep_status(argv[0], "failed", only_from=("queued", "running"),
+                                  error="the sweep controller crashed:\n" + traceback.format_exc())
+        raise
+    return 0 if status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

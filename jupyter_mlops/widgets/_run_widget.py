@@ -24,6 +24,7 @@ from ._downsample import minmax_downsample
 from ._feed import RunFeed
 
 MAX_CHART_POINTS = 2000
+PANE_LINES = 12  # log lines shown live; the whole log is one click away (Full log)
 
 
 def _css_name(key: str) -> str:
@@ -40,9 +41,10 @@ class _Chart:
             tooltip=bq.Tooltip(fields=["x", "y"], labels=["step", key], formats=["", ".4g"]),
             colors=["#1565c0"], stroke_width=1.5,
         )
+        self.x_axis = bq.Axis(scale=x_scale, label="step", tick_format=".4~g")
         self.figure = bq.Figure(
             marks=[self.line],
-            axes=[bq.Axis(scale=x_scale, label="step", tick_format=".4~g"),
+            axes=[self.x_axis,
                   bq.Axis(scale=y_scale, side="left", tick_format=".3~g")],
             title=key,
             interaction=bq.interacts.PanZoom(scales={"x": [x_scale], "y": [y_scale]}),
@@ -56,6 +58,11 @@ class _Chart:
 
     def update(self, x: Any, y: Any) -> None:
         x, y = minmax_downsample(x, y, MAX_CHART_POINTS)
+        low, high = float(x.min()), float(x.max())
+        # Early in a run the axis would label fractional steps (0 0.2 0.4 ...): use whole ones.
+        ticks = list(range(int(low), int(high) + 1)) if high - low <= 8 else []
+        if list(self.x_axis.tick_values if self.x_axis.tick_values is not None else []) != ticks:
+            self.x_axis.tick_values = ticks
         self.line.x, self.line.y = x, y
         self.points_sent = len(x)
 
@@ -82,7 +89,7 @@ class RunWidget(w.VBox):
         self.full_log_button = w.ToggleButton(description="Full log", icon="align-left",
                                               layout=w.Layout(width="100px"))
         self.full_log_button.observe(self._on_full_log, names=["value"])
-        self.log_view = w.HTML(layout=w.Layout(max_height="16em", overflow="auto"))
+        self.log_view = w.HTML()
         self.log_view.add_class("mlops-run-log")
         self.full_log_view = w.Textarea(disabled=True, layout=w.Layout(
             width="100%", height="20em", display="none"))
@@ -126,6 +133,7 @@ class RunWidget(w.VBox):
                 if changes.row or changes.artifacts:
                     self.details_view.value = self._details_html()
                     self.cancel_button.disabled = feed.finished
+                    self.cancel_button.layout.display = "none" if feed.finished else ""
                     error = feed.row.get("error")
                     self.error_view.value = (
                         f"<pre style='color:#c62828;max-height:10em;overflow:auto'>"
@@ -143,8 +151,11 @@ class RunWidget(w.VBox):
                                 self.charts[k].figure for k in sorted(self.charts)]
                         self.charts[key].update(series.x, series.y)
                 if changes.log:
+                    # The pane shows the newest lines only: a scrolled pane would stay at its
+                    # top as it grows (notebook sanitizers drop the CSS that could anchor it).
+                    tail = "\n".join(feed.log_text().split("\n")[-PANE_LINES:])
                     self.log_view.value = (f"<pre style='margin:0;font-size:12px'>"
-                                      f"{html.escape(feed.log_text())}</pre>")
+                                           f"{html.escape(tail)}</pre>")
                     if self.full_log_button.value:
                         self.full_log_view.value = self.run.logs()
             self.updates += 1
@@ -199,8 +210,10 @@ class RunWidget(w.VBox):
         slots = ", ".join((row.get("resources") or {}).get("slots", []))
         progress = row.get("progress") or {}
         where = html.escape(row.get("target") or "local") + (f" [{slots}]" if slots else "")
+        # Cell k of n means something for a notebook run; a %%train job is one cell.
         cell = (f" · cell {progress['cell']}/{progress['cells']}"
-                if progress and self.feed.status == "running" else "")
+                if progress and self.feed.status == "running" and row.get("kind") == "notebook"
+                else "")
         return (f"<b>{html.escape(row.get('name', ''))}</b> <code>{self.run.id}</code> "
                 f"{_static.badge(self.feed.status)} on {where} · {self.feed.elapsed()}{cell}")
 

@@ -36,8 +36,8 @@ def badge(status: str) -> str:
 def kv_table(title: str, rows: list[tuple[str, Any]], css: str = "") -> str:
     if not rows:
         return ""
-    body = "".join(f"<tr><td style='text-align:left'>{html.escape(str(k))}</td>"
-                   f"<td style='text-align:right'>{fmt(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td style='text-align:left;padding:2px 8px'>{html.escape(str(k))}</td>"
+                   f"<td style='text-align:right;padding:2px 8px'>{fmt(v)}</td></tr>" for k, v in rows)
     return (f"<table class='{css}' style='border-collapse:collapse;margin:4px 0'>"
             f"<tr><th style='text-align:left'>{title}</th><th></th></tr>{body}</table>")
 
@@ -46,15 +46,15 @@ def metrics_table(latest: dict[str, dict[str, Any]], counts: dict[str, int] | No
     if not latest:
         return "<i>no metrics yet</i>"
     rows = "".join(
-        f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
-        f"<td style='text-align:right'>{fmt(v['value'])}</td>"
-        f"<td style='text-align:right'>{v['step']}</td>"
-        f"<td style='text-align:right'>{(counts or {}).get(k, '')}</td></tr>"
+        f"<tr><td style='text-align:left;padding:2px 8px'>{html.escape(k)}</td>"
+        f"<td style='text-align:right;padding:2px 8px'>{fmt(v['value'])}</td>"
+        f"<td style='text-align:right;padding:2px 8px'>{v['step']}</td>"
+        f"<td style='text-align:right;padding:2px 8px'>{(counts or {}).get(k, '')}</td></tr>"
         for k, v in sorted(latest.items())
     )
     return ("<table class='mlops-metric-table' style='border-collapse:collapse'>"
-            "<tr><th style='text-align:left'>metric</th><th>latest</th><th>step</th>"
-            f"<th>points</th></tr>{rows}</table>")
+            "<tr><th style='text-align:left;padding:2px 8px'>metric</th><th style='padding:2px 8px'>latest</th><th style='padding:2px 8px'>step</th>"
+            f"<th style='padding:2px 8px'>points</th></tr>{rows}</table>")
 
 
 def charts_png(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes | None:

@@ -295,3 +295,56 @@ def test_cli_sweep_over_a_notebook(ws_dir, tmp_path) -> None:
     bad = cli("sweep", str(nb), "--param", "w=uniform(1)", "--metric", "loss")
     assert bad.returncode == 2 and "uniform takes 2 numbers" in bad.stderr
     assert len(mlops.workspace().sweeps()) == 1
+
+
+def test_one_gpu_per_trial_on_four_simulated_gpus(ws, monkeypatch) -> None:
+    monkeypatch.setenv("JUPYTER_MLOPS_GPUS", "0,1,2,3")
+    code = ("import os, time, jupyter_mlops as mlops\n"
+            "print('CUDA', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+            "time.sleep(2)\nmlops.log('m', x)")
+    sweep = ws.sweep(code, params={"x": "randint(0, 100)"}, metric="m", trials=6,
+                     concurrency=6, gpus=1, namespace={}, seed=0, name="gpus")
+    sweep.wait(timeout=300)
+    rows = sweep.trial_rows()
+    assert all(r["status"] == "completed" for r in rows)
+    assert _intervals_overlap(rows) <= 4
+    devices = {r["id"]: r["resources"]["cuda_visible_devices"] for r in rows}
+    assert set(devices.values()) <= {"0", "1", "2", "3"}
+    for a in rows:  # trials that ran at the same time never shared a GPU
+        for b in rows:
+            if a["id"] < b["id"] and a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]:
+                assert devices[a["id"]] != devices[b["id"]]
+    for r in rows:
+        assert f"CUDA {devices[r['id']]}" in mlops.workspace().get_run(r["id"]).logs()
+
+
+def test_sweep_widget_leaderboard_and_static_view(ws, monkeypatch) -> None:
+    from jupyter_mlops.sweeps._widget import SweepWidget
+
+    monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "2")
+    code = ("import time, jupyter_mlops as mlops\n"
+            "for step in range(6):\n"
+            "    mlops.log('acc', x / 10 * (step + 1) / 6, step=step)\n"
+            "    if mlops.should_stop():\n        break\n"
+            "    time.sleep(0.3)")
+    sweep = ws.sweep(code, params={"x": "choice(1, 9, 10)"}, metric="acc", sampler="grid",
+                     concurrency=3, policy="bandit(slack=0.2, delay=2)", namespace={},
+                     name="board", seed=1)
+    widget = SweepWidget(sweep, poll_interval=0.2)
+    try:
+        sweep.wait(timeout=300)
+        wait_until(lambda: widget.finished, timeout=30, what="the widget to see the end")
+    finally:
+        widget.stop()
+    ranked = widget.ranked()
+    assert [r["params"]["x"] for r in ranked[:2]] == [10, 9]
+    assert widget.bar.value == 3
+    board = widget.leaderboard_html()
+    assert board.index(">board-") > 0 and "why it stopped" in board
+    pruned = [r for r in ranked if r["status"] == "pruned"]
+    assert pruned and pruned[0]["params"]["x"] == 1
+    assert "bandit policy: value" in board and "threshold" in board
+    dots = widget.charts["x"][1]
+    assert sorted(dots.y) == sorted(r["final"] for r in ranked)
+    page = widget._repr_mimebundle_()["text/html"]
+    assert "data:image/png" in page and "bandit policy" in page

@@ -8,9 +8,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, MlopsError, NotFound, RunFailed, SchemaTooNew, WorkspaceError
+from .errors import (
+    Conflict,
+    InvalidInput,
+    MlopsError,
+    NotFound,
+    RunFailed,
+    SchemaTooNew,
+    WorkspaceError,
+)
 from .tracking import (
     current_run,
     flush,
@@ -26,6 +35,7 @@ from .workspace import Run, Workspace, WorkspaceConfig, workspace
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conflict",
     "InvalidInput",
     "MlopsError",
     "NotFound",
@@ -37,6 +47,7 @@ __all__ = [
     "WorkspaceError",
     "__version__",
     "current_run",
+    "dataset",
     "flush",
     "load_ipython_extension",
     "log",
@@ -47,6 +58,16 @@ __all__ = [
     "start_run",
     "workspace",
 ]
+
+
+def dataset(name: str) -> Path:
+    """The local path of dataset ``name`` for a run's code: in a run started with
+    ``--dataset pets:2``, ``mlops.dataset("pets")`` is that version's path; elsewhere the
+    registry's version (``"pets"`` = latest, ``"pets:2"``), recorded as an input of the
+    current run if there is one."""
+    from .registry import dataset as _dataset  # imported on first use: keeps imports fast
+
+    return _dataset(name)
 
 
 def load_ipython_extension(ipython: Any) -> None:

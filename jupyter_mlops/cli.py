@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run")
     cancel.set_defaults(func=cmd_runs_cancel)
 
+    from .registry._cli import add_commands as add_registry_commands
+
+    add_registry_commands(sub, runs_sub)  # models ..., datasets ..., runs diff
+
     sweep = sub.add_parser("sweep", help="sweep a notebook's parameters (papermill trials)")
     sweep.add_argument("notebook")
     sweep.add_argument("--param", action="append", required=True, metavar="NAME=EXPR",

@@ -7,6 +7,7 @@ into ``UsageError``. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = [
+    "Conflict",
     "InvalidInput",
     "MlopsError",
     "NotFound",
@@ -26,6 +27,10 @@ class InvalidInput(MlopsError, ValueError):
 
 class NotFound(MlopsError, LookupError):
     """A run, metric or artifact that was asked for does not exist."""
+
+
+class Conflict(MlopsError):
+    """The request clashes with the current state (e.g. deleting a model an endpoint serves)."""
 
 
 class WorkspaceError(MlopsError):

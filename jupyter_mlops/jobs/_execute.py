@@ -194,6 +194,16 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
     os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), ENV_JOB_DIR: str(folder),
                        **slot_env, **spec.env})
     os.environ["JUPYTER_MLOPS_HEADLESS"] = "1" if spec.headless else "0"
+    if ((store.get_run_row(run_id) or {}).get("resources") or {}).get("datasets"):
+        # --dataset inputs: local paths for mlops.dataset() in the kernel, recorded as inputs
+        from ..errors import MlopsError
+        from ..registry import job_datasets_env
+
+        try:
+            os.environ.update(job_datasets_env(ws, run_id))
+        except MlopsError as exc:
+            store.set_status(run_id, "failed", error=f"the run's datasets are unavailable: {exc}")
+            return "failed"
 
     source = nbformat.read(spec.notebook, as_version=4)
     code_cells = [i for i, c in enumerate(source.cells) if c.cell_type == "code"]

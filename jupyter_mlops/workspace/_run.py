@@ -22,6 +22,7 @@ from ._store import ACTIVE, TERMINAL
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..registry import Dataset, Model
     from ._workspace import Workspace
 
 HOSTNAME = socket.gethostname()
@@ -155,6 +156,26 @@ class Run:
                 with self.workspace.artifacts.open(self.id, path) as handle:
                     found[path[len("returned/"):-len(".pkl")]] = cloudpickle.load(handle)
         return found
+
+    # -- registry -------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        name: str,
+        path: str,
+        tags: dict[str, Any] | None = None,
+        description: str | None = None,
+        reuse: bool = False,
+    ) -> Model:
+        """Register this run's artifact ``path`` (a file or folder, e.g. ``"model.pkl"`` for
+        ``outputs/model.pkl``) as the next version of model ``name``; see
+        ``ws.models.register``. Works while the run is still going, too."""
+        return self.workspace.models.register(
+            name, path, run=self, tags=tags, description=description, reuse=reuse)
+
+    def inputs(self) -> list[Dataset]:
+        """The dataset versions this run read (``--dataset``, ``mlops.dataset()``)."""
+        return self.workspace.datasets.inputs_of(self)
 
     # -- control --------------------------------------------------------------------------
 

@@ -107,3 +107,94 @@ artifacts = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# -- model registry and datasets (migration 0004) ------------------------------------------
+# A version's number comes from ``last_version`` of its parent row, incremented in the same
+# transaction that inserts the version: numbers are never reused, even after a delete, so
+# "mnist:3" always means the same content.
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("last_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),  # of the file manifest
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("file_count", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # file | folder
+    sa.Column("root_name", sa.String(255), nullable=False),  # the file's or folder's name
+    sa.Column("storage", sa.String(1024), nullable=False),  # folder under the artifact root
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=True, index=True),
+    sa.Column("source", sa.Text, nullable=False),  # where the files were taken from
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+)
+
+model_files = sa.Table(
+    "model_files",
+    metadata,
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("model_versions.id"), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+model_aliases = sa.Table(  # "production", "staging": at most one version per alias and model
+    "model_aliases",
+    metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("model_versions.id"), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("last_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+dataset_versions = sa.Table(
+    "dataset_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),  # the recorded location (path or fsspec URL)
+    sa.Column("storage", sa.String(1024), nullable=True),  # snapshot folder when copy=True
+    sa.Column("sha256", sa.String(64), nullable=False),
+    # files:bytes:newest mtime of a local reference; re-hashed when it differs (see Dataset.path)
+    sa.Column("fingerprint", sa.String(128), nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("file_count", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # file | folder
+    sa.Column("profile", sa.JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("dataset_id", "version", name="uq_dataset_versions_dataset_version"),
+)
+
+run_inputs = sa.Table(  # dataset versions a run read
+    "run_inputs",
+    metadata,
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("dataset_versions.id"),
+              primary_key=True, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -43,9 +43,10 @@ def _value_at(trial: FrozenTrial, step: int) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _others_at(study: optuna.Study, trial: FrozenTrial, step: int) -> list[float]:
+def _others_at(study: optuna.Study, trial: FrozenTrial, step: int,
+               states: tuple[TrialState, ...] = _OTHERS) -> list[float]:
     values = []
-    for other in study.get_trials(deepcopy=False, states=_OTHERS):
+    for other in study.get_trials(deepcopy=False, states=states):
         if other.number != trial.number:
             value = _value_at(other, step)
             if value is not None:
@@ -145,8 +146,9 @@ class Policy:
         value = trial.intermediate_values.get(step) if step is not None else None
         others = _others_at(study, trial, step) if step is not None else []
         shown = "NaN" if value is None or math.isnan(value) else f"{value:.4g}"
-        if self.kind == "median" and others:
-            median = statistics.median(others)
+        completed = _others_at(study, trial, step, (TrialState.COMPLETE,)) if step else []
+        if self.kind == "median" and completed:
+            median = statistics.median(completed)  # Optuna's median uses completed trials
             side = "below" if study.direction.name == "MAXIMIZE" else "above"
             return (f"median policy: value {shown} at step {step} is {side} the median "
                     f"{median:.4g} of other trials at that step")

@@ -325,7 +325,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     if args.min is None and args.max is None:
         raise UsageError("gate needs --min X or --max X")
-    run = workspace().get_run(args.run)
+    if (args.run is None) == (args.model is None):
+        raise UsageError("gate needs --run RUN or --model NAME[:VERSION] (one of them)")
+    run = workspace().get_run(args.run) if args.run else _model_run(args.model)
     metrics = run.metrics()
     if args.metric not in metrics:
         known = ", ".join(sorted(metrics)) or "none"
@@ -339,11 +341,24 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.max is not None and not value <= args.max:
         failures.append(f"is above the maximum {fmt_value(args.max)}")
     where = f"{args.metric} of run {run.id} ({run.name}) = {fmt_value(value)}"
+    if args.model:
+        where = f"{args.metric} of model {args.model} (run {run.id}) = {fmt_value(value)}"
     if failures:
         print(f"gate failed: {where} {' and '.join(failures)}")
         return EXIT_FAILED
     print(f"gate passed: {where}")
     return 0
+
+
+def _model_run(ref: str) -> Any:
+    """The run that produced a registered model version (the one a gate judges)."""
+    from .workspace import workspace
+
+    model = workspace().models.get(ref)
+    if model.run is None:
+        raise NotFound(f"model {model.ref} was registered from {model.source}, not from a "
+                       "run: it has no metrics to gate on")
+    return model.run
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -416,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     gate = sub.add_parser("gate", help="exit 1 unless a run's metric is within bounds (for CI)")
-    gate.add_argument("--run", required=True)
+    gate.add_argument("--run")
+    gate.add_argument("--model", metavar="NAME[:VERSION]",
+                      help="judge the run that produced this model version")
     gate.add_argument("--metric", required=True)
     gate.add_argument("--min", type=float)
     gate.add_argument("--max", type=float)

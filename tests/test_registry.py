@@ -174,12 +174,15 @@ def test_bad_model_names_are_refused_and_nothing_is_written(ws, tmp_path, name) 
 def test_bad_paths_versions_and_labels_are_refused_cleanly(ws, tmp_path) -> None:
     empty = tmp_path / "empty"
     (empty / "nested").mkdir(parents=True)
+    broken = make_model(tmp_path / "broken")
+    (broken / "link.bin").symlink_to(tmp_path / "gone.bin")
     ws.models.register("ok", make_model(tmp_path / "m"))
     before = state(ws)
     cases = [
         (lambda: ws.models.register("m", tmp_path / "missing"), NotFound,
          "no such file or folder"),
         (lambda: ws.models.register("m", empty), InvalidInput, "is empty"),
+        (lambda: ws.models.register("m", broken), InvalidInput, "'link.bin'.*broken symlink"),
         (lambda: ws.models.get("ok", 7), NotFound, r"model 'ok' has no version 7 \(versions: 1\)"),
         (lambda: ws.models.get("nope"), NotFound, "no model named 'nope'.*models: ok"),
         (lambda: ws.models.get("ok", 0), InvalidInput, "start at 1"),
@@ -214,6 +217,40 @@ def test_gc_removes_only_unreferenced_folders(ws, tmp_path) -> None:
     assert ws.models.gc() == []  # too fresh: could be a registration in flight
     assert ws.models.gc(older_than=0) == ["models/m/deadbeef"]
     assert not orphan.exists() and model.local_path().exists()
+
+
+def test_registry_on_an_object_store_artifact_url(ws_dir, tmp_path, monkeypatch) -> None:
+    """The same calls with artifacts behind an fsspec URL (here memory://, as s3:// would
+    be): files stream through fsspec instead of the kernel's local copy."""
+    import uuid
+
+    import fsspec
+
+    url = f"memory://mlops-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("JUPYTER_MLOPS_ARTIFACT_URL", url)
+    ws = mlops.workspace()
+    assert not ws.artifacts.is_local
+    try:
+        model = ws.models.register("remote", make_model(tmp_path / "m"))
+        assert model.local_path() is None
+        out = model.download(tmp_path / "out")
+        assert (out / "weights.bin").read_bytes() == b"w" * 1000
+        with mlops.start_run("r") as run:
+            (mlops.outputs_dir() / "model.pkl").write_bytes(b"m")
+        assert run.register_model("remote", "model.pkl").file_count == 1  # from the store
+        (tmp_path / "p.csv").write_text(PETS)
+        ds = ws.datasets.register("pets", tmp_path / "p.csv", copy=True)
+        assert ds.profile["tables"]["p.csv"]["rows"] == 3
+        (tmp_path / "p.csv").unlink()
+        assert ds.path.read_text() == PETS  # downloaded from the store into the cache
+        assert ds.path.is_relative_to(ws.location.directory / "cache")
+        fs = fsspec.filesystem("memory")
+        orphan = f"{ws.artifacts.root}/models/remote/orphan"
+        fs.pipe(f"{orphan}/half.bin", b"x")
+        assert ws.models.gc(older_than=0) == ["models/remote/orphan"]
+        assert [m.version for m in ws.models.list("remote")] == [2, 1]
+    finally:
+        fsspec.filesystem("memory").rm(ws.artifacts.root, recursive=True)
 
 
 # -- datasets -------------------------------------------------------------------------------
@@ -478,6 +515,15 @@ def test_cli_models_and_datasets(ws, ws_dir, tmp_path, main) -> None:
     from_run = cli("models", "register", "mnist", "model.pkl", "--run", run.id, "--json",
                    env=env)
     assert json.loads(from_run.stdout)["run_id"] == run.id, from_run.stderr
+    # A release gate on the run behind a model version (exit 1 when it does not hold).
+    code, out, _ = main("gate", "--model", "mnist:2", "--metric", "accuracy", "--min", "0.9")
+    assert code == 0 and f"gate passed: accuracy of model mnist:2 (run {run.id}) = 0.91" in out
+    code, out, _ = main("gate", "--model", "mnist", "--metric", "accuracy", "--min", "0.95")
+    assert code == 1 and "below the minimum 0.95" in out
+    code, _, err = main("gate", "--model", "mnist:1", "--metric", "accuracy", "--min", "0.5")
+    assert code == 2 and "not from a run: it has no metrics" in err
+    code, _, err = main("gate", "--run", run.id, "--model", "mnist", "--metric", "a", "--min", "0")
+    assert code == 2 and "--run RUN or --model NAME[:VERSION] (one of them)" in err
     assert main("models", "tag", "mnist:1", "stage=prod", "--alias", "production")[0] == 0
     listing = cli("models", "ls", env=env).stdout
     assert "NAME" in listing and "mnist  2" in listing and "production" in listing

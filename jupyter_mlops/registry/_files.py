@@ -24,7 +24,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +184,13 @@ def local_source(path: str | os.PathLike[str], what: str = "model") -> Source:
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(folder, name)
-            st = os.stat(full)  # follows symlinks: a linked file is registered by content
             rel = Path(full).relative_to(p).as_posix()
+            try:
+                st = os.stat(full)  # follows symlinks: a linked file is registered by content
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {rel!r} in {str(path)!r}: {exc.strerror}"
+                                   + (" (a broken symlink)" if os.path.islink(full) else "")
+                                   ) from None
             if not stat.S_ISREG(st.st_mode):
                 odd.append(rel)
                 continue
@@ -423,10 +428,13 @@ class Blobs:
                 stored.append((item.relpath, size, sha))
             hashed = copier.finish() if copier is not None else []
             copier = None
-        except BaseException:
+        except BaseException as exc:
             if copier is not None:
                 copier.abort()
             self.remove(storage)
+            if isinstance(exc, OSError):  # unreadable source, full disk, ...: say which
+                raise WorkspaceError(f"copying {source.uri} into the artifact store failed: "
+                                     f"{exc}") from exc
             raise
         return [(item.relpath, *hashed[entry]) if isinstance(entry, int) else entry
                 for item, entry in zip(source.files, stored, strict=True)]
@@ -493,13 +501,15 @@ class Blobs:
                         "corrupted or was changed outside jupyter-mlops"
                     )
             os.replace(tmp, dest) if kind == "file" else tmp.rename(dest)
-        except BaseException:
+        except BaseException as exc:
             if copier is not None:
                 copier.abort()
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise WorkspaceError(f"downloading to {dest} failed: {exc}") from exc
             raise
 
     def orphans(self, referenced: set[str], older_than: float) -> list[str]:
@@ -522,16 +532,19 @@ class Blobs:
 
 
 def _newest_mtime(fs: Any, folder: str) -> float:
+    """The newest modification time of the files under ``folder`` (an empty folder: its
+    own). A file whose store gives no time counts as new: never delete what we can't date."""
+    files = [info for info in fs.find(folder, detail=True).values()
+             if info.get("type") != "directory"]
     newest = 0.0
-    entries: Iterator[dict[str, Any]] = iter(
-        [fs.info(folder), *fs.find(folder, detail=True, withdirs=True).values()]
-    )
-    for info in entries:
+    for info in files or [fs.info(folder)]:
         stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
         if hasattr(stamp, "timestamp"):
             stamp = stamp.timestamp()
         if stamp is None:
-            return time.time()  # unknown age: treat as fresh, never delete it
+            if not files:
+                return 0.0  # an empty folder without a date: nothing in it to lose
+            return time.time()
         newest = max(newest, float(stamp))
     return newest
 

@@ -230,15 +230,16 @@ class LocalTarget(Target):
     def _stale_reason(ws: Workspace, row: dict[str, Any]) -> str | None:
         """Why a queued run can no longer be waiting for a slot, or None if it may be."""
         now = time.time()
+        # On this machine the job process itself is the truth (submit() records its pid):
+        # alive means waiting, however slowly it started under load; gone means lost.
+        if row["host"] == HOSTNAME and row["pid"]:
+            if process_gone(row["pid"]):
+                return f"its job process (pid {row['pid']}) ended while it waited for a slot"
+            return None
         beat = row["heartbeat_at"] or row["created_at"]
         if now - beat > ws.config.lost_after:
             return (f"queued without a heartbeat for {now - beat:.0f} s: its job process "
                     "never started or vanished")
-        # The pid counts only once the job process registered itself (claim() writes pid
-        # and heartbeat together): before that, pid may be the submitter's, which may exit.
-        if (row["heartbeat_at"] and row["host"] == HOSTNAME and row["pid"]
-                and process_gone(row["pid"])):
-            return f"its job process (pid {row['pid']}) ended while it waited for a slot"
         return None
 
     def _first_in_line(self, ws: Workspace, me: dict[str, Any]) -> bool:
@@ -327,7 +328,10 @@ class LocalTarget(Target):
             raise NotFound(f"no run with id {run_id!r} in {ws.location.directory}")
         if row["status"] != "queued":
             raise InvalidInput(f"run {run_id} is {row['status']}; only a queued run is submitted")
-        launch_detached(ws, run_id)
+        process = launch_detached(ws, run_id)
+        # The job process is the run's pid from now on: queue checks can tell a slow start
+        # from a dead one.
+        ws.store.update_run(run_id, host=HOSTNAME, pid=process.pid, heartbeat_at=time.time())
 
     def cancel(self, run: Run, *, wait: bool = False) -> None:
         """Ask the run to stop; kill its job process tree if it has not after the grace.

@@ -79,6 +79,7 @@ def test_register_versions_are_numbered_immutable_and_content_hashed(ws, tmp_pat
     (dest / "weights.bin").write_bytes(b"stale")
     assert single.download(dest, overwrite=True).read_bytes() == b"changed"
     assert sorted(p.name for p in dest.iterdir()) == ["weights.bin"]  # no temp files left
+    assert single.download(f"{tmp_path}/new/") == tmp_path / "new" / "weights.bin"
 
 
 def test_get_list_tags_and_aliases(ws, tmp_path) -> None:

@@ -124,13 +124,14 @@ class Model:
     def download(self, dest: str | os.PathLike[str] = ".", overwrite: bool = False) -> Path:
         """Copy the model's files to ``dest`` and return the path of the copy.
 
-        Like ``cp -r``: when ``dest`` is an existing folder the model lands inside it under
-        its own name (``dest/model.pkl``, ``dest/model/``); otherwise it becomes ``dest``.
-        Every file's hash is checked, and the copy appears only once complete. An existing
-        target is kept unless ``overwrite``.
+        Like ``cp -r``: when ``dest`` is an existing folder (or ends with ``/``) the model
+        lands inside it under its own name (``dest/model.pkl``, ``dest/model/``); otherwise
+        it becomes ``dest``. Every file's hash is checked, and the copy appears only once
+        complete. An existing target is kept unless ``overwrite``.
         """
+        into = str(dest).endswith(("/", os.sep))
         dest = Path(dest).expanduser()
-        target = dest / self.root_name if dest.is_dir() else dest
+        target = dest / self.root_name if into or dest.is_dir() else dest
         if (target.exists() or target.is_symlink()) and not overwrite:
             raise InvalidInput(
                 f"{target} already exists; choose another destination or pass "

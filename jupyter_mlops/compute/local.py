@@ -38,6 +38,8 @@ __all__ = ["ENV_CPU_SLOTS", "ENV_GPUS", "LocalTarget", "detect_gpus"]
 ENV_GPUS = "JUPYTER_MLOPS_GPUS"  # "0,1": the GPU inventory; "" : no GPU (skips nvidia-smi)
 ENV_CPU_SLOTS = "JUPYTER_MLOPS_CPU_SLOTS"
 
+SLOT_PROBE = 0.02  # seconds between two looks at the slot locks while a run waits
+
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")  # "GPU 0: NVIDIA A100 (UUID: GPU-...)"
 
 
@@ -304,7 +306,25 @@ class LocalTarget(Target):
             if time.monotonic() - last_beat >= ws.config.heartbeat_interval:
                 store.heartbeat(run_id)
                 last_beat = time.monotonic()
-            time.sleep(poll)
+            self._wait_for_slot_change(folder, candidates, poll)
+
+    def _free_slots(self, folder: Path, candidates: list[Slot]) -> frozenset[str]:
+        return frozenset(s.name for s in candidates
+                         if not self._is_locked(folder / f"{s.name}.lock"))
+
+    def _wait_for_slot_change(self, folder: Path, candidates: list[Slot], poll: float) -> None:
+        """Sleep ``poll`` seconds, or less: until a slot is released or taken.
+
+        Checking the queue costs database reads, so it happens every ``poll`` seconds; the
+        slot locks are probed more often (a few system calls, no database), so a run waiting
+        for a slot starts within ``SLOT_PROBE`` seconds of its release, not up to ``poll``.
+        """
+        before = self._free_slots(folder, candidates)
+        end = time.monotonic() + poll
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(SLOT_PROBE, left))
+            if self._free_slots(folder, candidates) != before:
+                return
 
     @staticmethod
     def _waiting_row(ws: Workspace, run_id: str) -> dict[str, Any]:

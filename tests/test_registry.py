@@ -324,8 +324,7 @@ def test_copy_snapshots_survive_the_origin_and_references_say_when_they_vanished
 
 
 def test_parquet_and_folder_profiles(ws, tmp_path) -> None:
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
+    import pandas as pd  # Parquet needs pyarrow: part of the test extra
     folder = tmp_path / "tables"
     folder.mkdir()
     frame = pd.DataFrame({"x": [1.0, 2.0, None, 4.0], "y": [1, 2, 3, 4], "s": list("abcd")})

@@ -441,9 +441,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that only read: in a folder where nothing has run yet they must not create a
+# workspace as a side effect ("changes nothing"), so they report its absence instead.
+LISTINGS = {"cmd_runs_ls", "cmd_models_ls", "cmd_datasets_ls"}
+READERS = LISTINGS | {"cmd_runs_show", "cmd_runs_logs", "cmd_runs_cancel", "cmd_runs_diff",
+                      "cmd_gate", "cmd_models_show", "cmd_models_download", "cmd_datasets_show"}
+
+
+def _missing_workspace() -> str | None:
+    """The folder a local workspace would be in, if it does not exist yet; else None."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from .workspace import resolve_location
+
+    location = resolve_location()
+    url = make_url(location.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return None if Path(url.database).exists() else str(location.directory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        name = getattr(args.func, "__name__", "")
+        if name in READERS and (missing := _missing_workspace()):
+            message = f"no workspace at {missing} yet: nothing has run here"
+            if name in LISTINGS:
+                print(message)
+                return 0
+            raise NotFound(message + " (set JUPYTER_MLOPS_WORKSPACE, or cd into a project "
+                           "with a .mlops folder)")
         return args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -212,3 +212,16 @@ def test_newer_schema_and_unwritable_workspace_exit_2(ws_dir: Path, train_nb: Pa
     blocker.write_text("")
     result = cli("run", str(train_nb), env={"JUPYTER_MLOPS_WORKSPACE": str(blocker / "ws")})
     assert result.returncode == 2 and "not writable" in result.stderr
+
+
+def test_read_only_commands_create_no_workspace(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"JUPYTER_MLOPS_WORKSPACE": ""}
+    listing = cli("runs", "ls", cwd=empty, env=env)
+    assert listing.returncode == 0 and "nothing has run here" in listing.stdout
+    show = cli("runs", "show", "abc", cwd=empty, env=env)
+    assert show.returncode == 2 and "no workspace at" in show.stderr
+    gate = cli("gate", "--run", "abc", "--metric", "m", "--min", "1", cwd=empty, env=env)
+    assert gate.returncode == 2
+    assert not (empty / ".mlops").exists()

@@ -90,12 +90,6 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
-
-
 def dump_json(data: Any) -> str:
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
@@ -106,7 +100,7 @@ def dump_json(data: Any) -> str:
             return [clean(x) for x in v]
         return v
 
-    return json.dumps(clean(data), indent=2, default=_json_default)
+    return json.dumps(clean(data), indent=2, default=str)
 
 
 # -- commands -----------------------------------------------------------------------------

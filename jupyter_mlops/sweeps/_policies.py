@@ -144,7 +144,6 @@ class Policy:
                 return reason
         step = trial.last_step
         value = trial.intermediate_values.get(step) if step is not None else None
-        others = _others_at(study, trial, step) if step is not None else []
         shown = "NaN" if value is None or math.isnan(value) else f"{value:.4g}"
         completed = _others_at(study, trial, step, (TrialState.COMPLETE,)) if step else []
         if self.kind == "median" and completed:

@@ -36,7 +36,7 @@ from .._fastimport import skip_slow_optional_imports
 from ..workspace import TERMINAL, Workspace, new_run_id, workspace
 from ._policies import Policy, parse_policy
 from ._space import Param, parse_space
-from ._sweep import SweepSpec, sweep_dir
+from ._sweep import SweepSpec, _link_or_copy, sweep_dir
 
 POLL = 0.2
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -257,8 +257,8 @@ class Controller:
         if trial is None:  # a retry: the study hears about it as a new trial with these params
             self.study.enqueue_trial(self._trial_params(params))
             trial = self.study.ask()
-            for name, p in self.space.items():
-                p.suggest(trial)
+            for param in self.space.values():
+                param.suggest(trial)
         number = self.next_number
         self.next_number += 1
         run_id = new_run_id()
@@ -280,13 +280,6 @@ class Controller:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         self.active[run_id] = [trial, 0, False, set()]
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -287,13 +287,16 @@ class Store:
     def find_runs(self, ref: str) -> list[dict[str, Any]]:
         """Runs matching ``ref``: the run with that id; else the newest run with that exact
         name (names are often reused); else every run whose id or name starts with it."""
+        return self._find_by_ref(self._run_query(), t.runs, ref)
+
+    def _find_by_ref(self, query: sa.Select, table: sa.Table, ref: str
+                     ) -> list[dict[str, Any]]:
+        """Rows of ``table`` by id, else newest exact name, else id/name prefix."""
         escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = self._run_query().where(
-            sa.or_(
-                t.runs.c.id.like(escaped + "%", escape="\\"),
-                t.runs.c.name.like(escaped + "%", escape="\\"),
-            )
-        ).order_by(t.runs.c.created_at.desc())
+        query = query.where(sa.or_(
+            table.c.id.like(escaped + "%", escape="\\"),
+            table.c.name.like(escaped + "%", escape="\\"),
+        )).order_by(table.c.created_at.desc())
         with self.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query.limit(50))]
         for exact in ([r for r in rows if r["id"] == ref], [r for r in rows if r["name"] == ref]):
@@ -357,17 +360,7 @@ class Store:
 
     def find_sweeps(self, ref: str) -> list[dict[str, Any]]:
         """Sweeps whose id is ``ref``, else the newest of that name, else by prefix."""
-        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = self._sweep_query().where(sa.or_(
-            t.sweeps.c.id.like(escaped + "%", escape="\\"),
-            t.sweeps.c.name.like(escaped + "%", escape="\\"),
-        )).order_by(t.sweeps.c.created_at.desc())
-        with self.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query.limit(50))]
-        for exact in ([r for r in rows if r["id"] == ref], [r for r in rows if r["name"] == ref]):
-            if exact:
-                return exact[:1]
-        return rows
+        return self._find_by_ref(self._sweep_query(), t.sweeps, ref)
 
     def list_sweeps(self, experiment: str | None = None) -> list[dict[str, Any]]:
         query = self._sweep_query().order_by(t.sweeps.c.created_at.desc())

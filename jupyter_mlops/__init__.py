@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .errors import (
@@ -20,8 +19,11 @@ from .errors import (
     SchemaTooNew,
     WorkspaceError,
 )
+from .api import Run, Workspace, workspace
+from .store import WorkspaceConfig
 from .tracking import (
     current_run,
+    dataset,
     flush,
     log,
     log_image,
@@ -30,7 +32,6 @@ from .tracking import (
     should_stop,
     start_run,
 )
-from .workspace import Run, Workspace, WorkspaceConfig, workspace
 
 __version__ = "0.1.0"
 
@@ -58,16 +59,6 @@ __all__ = [
     "start_run",
     "workspace",
 ]
-
-
-def dataset(name: str) -> Path:
-    """The local path of dataset ``name`` for a run's code: in a run started with
-    ``--dataset pets:2``, ``mlops.dataset("pets")`` is that version's path; elsewhere the
-    registry's version (``"pets"`` = latest, ``"pets:2"``), recorded as an input of the
-    current run if there is one."""
-    from .registry import dataset as _dataset  # imported on first use: keeps imports fast
-
-    return _dataset(name)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 
 def process_gone(pid: int) -> bool:
     """True when ``pid`` no longer runs (a zombie waiting to be reaped counts as gone)."""
@@ -30,3 +33,25 @@ def kill_tree(pid: int, timeout: float = 5.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(family, timeout=timeout)
+
+
+def spawn_detached(argv: list[str], *, env: dict[str, str], cwd: str | Path, log: Path
+                   ) -> subprocess.Popen:
+    """Start a process in its own session, so it outlives whoever started it (a notebook
+    kernel, a shell): job runners and sweep controllers. Its output goes to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, env=env, cwd=str(cwd))
+
+
+def started_before(pid: int, recorded_at: float | None) -> bool:
+    """False if ``pid`` now belongs to a process started after ``recorded_at`` (the process
+    we knew died and its pid was reused): never kill a stranger."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    return recorded_at is None or created <= recorded_at + 1.0

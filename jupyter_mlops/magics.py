@@ -18,10 +18,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Int
 from traitlets.config import Configurable
 
+from ._inputs import parse_assignments, parse_datasets, parse_outputs, parse_tags
+from .api import Run, workspace
 from .errors import MlopsError, RunFailed
-from .workspace import TERMINAL, Run
-
-ENV_HEADLESS = "JUPYTER_MLOPS_HEADLESS"
+from .store import ENV_HEADLESS, TERMINAL
 
 
 class TrainConfig(Configurable):
@@ -31,20 +31,6 @@ class TrainConfig(Configurable):
         1 << 30, config=True,
         help="Largest total size of the names a %%train cell carries to (or back from) its job.",
     )
-
-
-def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``key=value`` pairs; values read as Python literals, else kept as strings."""
-    from .cli import parse_value
-
-    result: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise UsageError(f"{flag} takes name=value (e.g. {flag} lr=0.01), got {item!r}")
-        result[key] = parse_value(value)
-    return result
 
 
 def _headless() -> bool:
@@ -58,25 +44,20 @@ def _notebook_name() -> str:
     return Path(path).stem if path else ""
 
 
-def wait_for(run: Run, out: Any = None, poll: float = 0.05, quiet: bool = False) -> str:
+def wait_for(run: Run, out: Any = None, quiet: bool = False) -> str:
     """Print progress lines (and the log unless ``quiet``) as the run goes; returns its final
     status."""
     out = out or sys.stdout
-    last_log, last_status = 0, None
-    while True:
-        row = run.info()  # read before the log, so no output written before the end is missed
-        status = row["status"]
-        for chunk_id, _stream, text in run.workspace.store.log_chunks(run.id, after_id=last_log):
+    status = ""
+    for kind, value in run.follow(poll=0.05):
+        if kind == "log":
             if not quiet:
-                out.write(text)
-            last_log = chunk_id
-        if status != last_status:
+                out.write(value)
+        else:
+            status = value
             print(f"[{time.strftime('%H:%M:%S')}] run {run.id}: {status}", file=out)
-            last_status = status
         out.flush()
-        if status in TERMINAL:
-            return status
-        time.sleep(poll)
+    return status
 
 
 @magics_class
@@ -99,41 +80,30 @@ class MlopsMagics(Magics):
     def train(self, line: str, cell: str) -> Run | None:
         """Run this cell as a tracked job on a compute target; the notebook stays free."""
         args = self._parse(self.train, line)
-        params = parse_assignments(args.param, "-p")
-        tags = {k: str(v) for k, v in parse_assignments(args.tag, "--tag").items()}
-        outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
-        bad = [n for n in outputs if not n.isidentifier()]
-        if bad:
-            raise UsageError(f"--outputs takes variable names separated by commas, got {bad}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-        datasets = []
-        for item in args.dataset or []:
-            name, _, version = item.partition(":")
-            if not name or (version and not (version.isdigit() or version == "latest")):
-                raise UsageError(f"--dataset takes name or name:version, got {item!r}")
-            datasets.append({"name": name, "version": version or "latest"})
-
-        from .jobs import submit_cell
+        from .tracking import current_run
 
         notebook = _notebook_name()
         count = self.shell.execution_count
+        parent = current_run()
         try:
-            run = submit_cell(
+            params = parse_assignments(args.param, "-p")
+            outputs = parse_outputs(args.outputs)
+            run = workspace().submit(
                 cell,
                 namespace=self.shell.user_ns,
-                parameters=params,
+                params=params,
                 name=args.name or f"{notebook or 'cell'}-{count}",
                 experiment=args.experiment or notebook or "Default",
-                tags=tags,
+                tags=parse_tags(args.tag),
                 target=args.target,
                 gpus=args.gpus,
                 outputs=outputs,
                 timeout=args.timeout,
-                datasets=datasets,
+                datasets=parse_datasets(args.dataset or []),
                 history=list(self.shell.user_ns.get("In", []))[1:],
                 origin=f"{notebook or 'a notebook'}, cell [{count}]",
                 max_carry_bytes=TrainConfig(parent=self.shell).max_carry_bytes,
+                parent=parent.id if parent is not None else None,
             )
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
@@ -150,14 +120,14 @@ class MlopsMagics(Magics):
         from .widgets import in_kernel, show_run_widget
 
         if in_kernel():
-            show_run_widget(run)
+            show_run_widget(run.workspace.backend, run.id)
             run._already_shown = True
         return run
 
     def _wait(self, run: Run, outputs: list[str], raise_on_failure: bool) -> Run | None:
         from .widgets import finalize, in_kernel, show_run_widget
 
-        view = show_run_widget(run) if in_kernel() else None
+        view = show_run_widget(run.workspace.backend, run.id) if in_kernel() else None
         try:
             # With a live view the log is in the widget; unattended, it goes to the output.
             status = wait_for(run, quiet=view is not None and not _headless())
@@ -173,9 +143,7 @@ class MlopsMagics(Magics):
                 self.shell.user_ns.update(run.outputs())
             return run
         if raise_on_failure:
-            error = (run.error or "").rstrip()
-            raise RunFailed(f"run {run.id} ended {status}: "
-                            f"{error.splitlines()[-1] if error else 'no error recorded'}")
+            raise RunFailed(f"run {run.id} ended {status}: {run.last_error_line()}")
         return run
 
     @magic_arguments()
@@ -207,8 +175,6 @@ class MlopsMagics(Magics):
     @line_cell_magic
     def sweep(self, line: str, cell: str | None = None) -> Any:
         """Sweep hyperparameters over this cell (%%sweep) or an earlier %%train run (%sweep)."""
-        from .workspace import workspace
-
         args = self._parse(self.sweep, line)
         try:
             ws = workspace()
@@ -271,8 +237,6 @@ class MlopsMagics(Magics):
     def mlops(self, line: str) -> Any:
         """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | models [NAME[:V]] |
         datasets [NAME[:V]] | targets"""
-        from .workspace import workspace
-
         words = shlex.split(line)
         verb, rest = (words[0], words[1:]) if words else ("", [])
         try:
@@ -288,9 +252,7 @@ class MlopsMagics(Magics):
             if verb in ("show", "attach", "cancel") and len(rest) == 1:
                 run = ws.get_run(rest[0])
                 if verb == "show":
-                    from .cli import format_run
-
-                    print(format_run(run))
+                    print(run.describe())
                     return None
                 if verb == "attach":
                     from .widgets import in_kernel
@@ -298,19 +260,15 @@ class MlopsMagics(Magics):
                     if in_kernel():
                         return self._show(run)  # the live view; the notebook stays free
                     return self._wait(run, [], raise_on_failure=False)
-                from .compute import get_target
-
-                get_target(run.info()["target"] or "local").cancel(run)
+                run.cancel()
                 print(f"cancel requested for run {run.id}")
                 return None
             if verb in ("models", "datasets") and len(rest) <= 1:
-                from .registry._views import registry_view
-
                 return registry_view(ws, verb, rest[0] if rest else None)
             if verb == "targets" and not rest:
-                from .compute import get_target
+                from ._format import slots_text
 
-                print(format_slots(get_target("local")))
+                print(slots_text(ws.targets()))
                 return None
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
@@ -325,13 +283,26 @@ class MlopsMagics(Magics):
             raise UsageError(f"{exc}\n{func.parser.format_usage()}") from None
 
 
-def format_slots(target: Any) -> str:
-    lines = [f"target {target.name}:"]
-    for state in target.slots():
-        holder = f"held by run {state.run_id}" if state.run_id else (
-            "held" if state.held else "free")
-        lines.append(f"  {state.slot.name:10s} {holder}")
-    return "\n".join(lines)
+def registry_view(ws: Any, what: str, ref: str | None) -> Any:
+    """``%mlops models|datasets [NAME[:VERSION]]``: a table of every version (a DataFrame);
+    ``NAME``: the versions of that model or dataset; ``NAME:VERSION``: that version, which
+    shows itself (a model with its lineage tree, a dataset with its profile)."""
+    registry = ws.models if what == "models" else ws.datasets
+    if ref is not None and ":" in ref:
+        found = registry.get(ref)
+        if what == "models":
+            from IPython.display import display
+
+            display(found)
+            return found.lineage()
+        return found
+    if ref is not None:
+        registry.get(ref)  # an unknown name: say so, with the names there are
+    frame = registry.dataframe(ref)
+    if not len(frame):
+        print(f"no {what} registered yet in {ws.location.directory}")
+        return None
+    return frame
 
 
 def _bring_back_later(run: Run, names: list[str], namespace: dict[str, Any]) -> None:
@@ -339,9 +310,7 @@ def _bring_back_later(run: Run, names: list[str], namespace: dict[str, Any]) -> 
     import threading
 
     def watch() -> None:
-        while run.status not in TERMINAL:
-            time.sleep(0.5)
-        if run.status == "completed":
+        if run.wait(poll=0.5, raise_on_failure=False).status == "completed":
             namespace.update(run.outputs())
 
     threading.Thread(target=watch, name=f"mlops-outputs-{run.id}", daemon=True).start()

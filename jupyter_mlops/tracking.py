@@ -9,14 +9,19 @@ the database, and a bad value fails at the call that passed it, never later in t
 
 Which run a call logs to: the innermost ``start_run`` block of this process, else the run
 this process was started for (a job sets ``JUPYTER_MLOPS_RUN_ID`` for its kernel).
+
+This is the top of the in-run API: it hands out the facade's ``Run`` objects, so it sits
+above ``jupyter_mlops.api``; nothing below imports it.
 """
 
 from __future__ import annotations
 
 import atexit
 import io
+import json
 import numbers
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -27,11 +32,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from ._inputs import check_name
+from .api import Run, Workspace, workspace
 from .errors import InvalidInput, MlopsError
-from .workspace import Run, Workspace, new_run_id, workspace
+from .store import ENV_OUTPUTS_DIR, ENV_RUN_ID, new_run_id
 
 __all__ = [
     "current_run",
+    "dataset",
     "flush",
     "log",
     "log_image",
@@ -41,8 +49,6 @@ __all__ = [
     "start_run",
 ]
 
-ENV_RUN_ID = "JUPYTER_MLOPS_RUN_ID"
-ENV_OUTPUTS_DIR = "JUPYTER_MLOPS_OUTPUTS_DIR"
 FLUSH_INTERVAL = 0.1  # seconds; the issue asks for at most 200 ms between flushes
 MAX_KEY_LENGTH = 250
 MAX_BATCH = 50_000
@@ -220,7 +226,7 @@ def _active() -> _Active:
 
 def staging_dir(ws: Workspace, run_id: str) -> Path:
     """Local folder where a run's outputs wait before they are stored as artifacts."""
-    return ws.location.directory / "staging" / run_id / "outputs"
+    return ws.backend.staging_dir(run_id) / "outputs"
 
 
 def current_run() -> Run | None:
@@ -320,19 +326,6 @@ def should_stop() -> bool:
     return active._stop
 
 
-def store_outputs(ws: Workspace, run_id: str, folder: Path) -> list[str]:
-    """Move every file under ``folder`` into the run's artifacts (``outputs/...``)."""
-    stored = []
-    if not folder.is_dir():
-        return stored
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = "outputs/" + path.relative_to(folder).as_posix()
-        size, digest = ws.artifacts.put_file(run_id, rel, path)
-        ws.store.record_artifact(run_id, rel, size, digest)
-        stored.append(rel)
-    return stored
-
-
 class start_run:  # noqa: N801 - used like a function: ``with mlops.start_run(...) as run``
     """Track the work inside a ``with`` block as a run of this process.
 
@@ -348,8 +341,8 @@ class start_run:  # noqa: N801 - used like a function: ``with mlops.start_run(..
         params: dict[str, Any] | None = None,
         tags: dict[str, Any] | None = None,
     ):
-        self.name = _check_key(name, "run name") if name is not None else None
-        self.experiment = _check_key(experiment, "experiment name")
+        self.name = check_name(name, "run name") if name is not None else None
+        self.experiment = check_name(experiment, "experiment name")
         self.params = {k: _jsonable(v) for k, v in (params or {}).items()}
         self.tags = {k: _jsonable(v) for k, v in (tags or {}).items()}
         self._active: _Active | None = None
@@ -401,9 +394,10 @@ def _end_run(active: _Active, error: str | None) -> None:
     ws, run_id = active.run.workspace, active.run.id
     try:
         active.writer.close()
-        store_outputs(ws, run_id, active.outputs)
+        ws.backend.store_outputs(run_id, active.outputs)
         if active.environment is not None:
             active.environment.join(timeout=30)
+        shutil.rmtree(ws.backend.staging_dir(run_id), ignore_errors=True)
     finally:
         if error is None:
             ws.store.set_status(run_id, "completed")
@@ -436,3 +430,27 @@ def _at_exit() -> None:
     if _attached is not None:
         _attached.writer.close()
 
+
+def dataset(name: str) -> Path:
+    """The local path of a dataset, for the code of a run.
+
+    In a run started with ``--dataset pets:2``, ``mlops.dataset("pets")`` is that version's
+    path. Otherwise ``name`` (``"pets"`` or ``"pets:2"``) is looked up in the registry and,
+    inside a run, recorded as one of its inputs.
+    """
+    from .registry import ENV_DATASETS, DatasetRegistry
+
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"mlops.dataset takes a dataset name such as 'pets', got {name!r}")
+    given = json.loads(os.environ.get(ENV_DATASETS) or "{}")
+    base, _, version = name.partition(":")
+    entry = given.get(base)
+    if entry is not None and version in ("", "latest", str(entry["version"])):
+        return Path(entry["path"])
+    registry = DatasetRegistry(workspace().backend)
+    found = registry.get(name)
+    path = found.path
+    run = current_run()
+    if run is not None:
+        registry.record_input(run.id, found)
+    return path

@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 import jupyter_mlops.tracking as tracking
-from jupyter_mlops.workspace import _workspace
+from jupyter_mlops.api import _workspace
 
 HERE = Path(__file__).parent
 

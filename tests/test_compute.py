@@ -29,8 +29,8 @@ from jupyter_mlops.compute import (
 )
 from jupyter_mlops.compute.local import ENV_CPU_SLOTS, ENV_GPUS
 from jupyter_mlops.errors import InvalidInput
-from jupyter_mlops.workspace import new_run_id
-from jupyter_mlops.workspace._run import HOSTNAME
+from jupyter_mlops.store import new_run_id
+from jupyter_mlops.store import HOSTNAME
 
 from .conftest import PYTHON, wait_until
 
@@ -44,7 +44,7 @@ from jupyter_mlops.compute import ClaimCanceled, LocalTarget
 run_id, gpus, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 ws = mlops.workspace()
 try:
-    claim = LocalTarget().claim(ws, run_id, gpus=gpus, poll=0.05)
+    claim = LocalTarget().claim(ws.backend, run_id, gpus=gpus, poll=0.05)
 except ClaimCanceled as exc:
     result = {"canceled": str(exc)}
 else:
@@ -152,7 +152,7 @@ def test_two_gpus_three_jobs_the_third_waits_for_a_freed_gpu(
     time.sleep(0.5)  # ten of its polls: it had every chance to take a slot
     assert jobs.result(c) is None
     assert jobs.row(c)["status"] == "queued" and jobs.row(c)["resources"] is None
-    assert LocalTarget().slots(ws) == [
+    assert LocalTarget().slots(ws.backend) == [
         SlotState(Slot("gpu", "0"), held=True, run_id=a),
         SlotState(Slot("gpu", "1"), held=True, run_id=b),
     ]
@@ -163,7 +163,7 @@ def test_two_gpus_three_jobs_the_third_waits_for_a_freed_gpu(
     assert jobs.row(b)["status"] == "completed"
     jobs.release(a)
     jobs.release(c)
-    assert [s.held for s in LocalTarget().slots(ws)] == [False, False]
+    assert [s.held for s in LocalTarget().slots(ws.backend)] == [False, False]
 
 
 def test_a_killed_holder_frees_its_slot(
@@ -180,7 +180,7 @@ def test_a_killed_holder_frees_its_slot(
     victim.send_signal(signal.SIGKILL)  # no cleanup code runs: only the OS frees the lock
     victim.wait()
     assert jobs.wait_result(waiter)["cvd"] == "0"
-    assert LocalTarget().slots(ws) == [SlotState(Slot("gpu", "0"), held=True, run_id=waiter)]
+    assert LocalTarget().slots(ws.backend) == [SlotState(Slot("gpu", "0"), held=True, run_id=waiter)]
     jobs.release(waiter)
 
 
@@ -215,11 +215,11 @@ def test_dead_or_silent_queued_runs_do_not_block_the_queue(ws: Any, jobs: Jobs,
     live = jobs.queue("live")
 
     started = time.monotonic()
-    with LocalTarget().claim(ws, live, gpus=0, poll=0.05) as claim:
+    with LocalTarget().claim(ws.backend, live, gpus=0, poll=0.05) as claim:
         assert claim.slots == [Slot("cpu", "0")]
         assert time.monotonic() - started < 10
-        assert LocalTarget().slots(ws)[0].held
-    assert claim.released and not LocalTarget().slots(ws)[0].held
+        assert LocalTarget().slots(ws.backend)[0].held
+    assert claim.released and not LocalTarget().slots(ws.backend)[0].held
 
     assert jobs.row(dead)["status"] == "lost"
     assert f"pid {finished.pid}" in jobs.row(dead)["error"]
@@ -231,14 +231,14 @@ def test_cancel_while_waiting_raises_claim_canceled(ws: Any, jobs: Jobs,
                                                     one_cpu_slot: None) -> None:
     target = LocalTarget()
     holder, waiter, stopper = (jobs.queue(n) for n in ("holder", "waiter", "stopper"))
-    held = target.claim(ws, holder, gpus=0)
+    held = target.claim(ws.backend, holder, gpus=0)
     ws.store.set_status(holder, "running", only_from=("queued",))
 
     outcome: dict[str, BaseException] = {}
 
     def wait_for_slot(run_id: str) -> None:
         try:
-            target.claim(ws, run_id, gpus=0, poll=0.05)
+            target.claim(ws.backend, run_id, gpus=0, poll=0.05)
         except BaseException as exc:
             outcome[run_id] = exc
 
@@ -248,7 +248,7 @@ def test_cancel_while_waiting_raises_claim_canceled(ws: Any, jobs: Jobs,
     wait_until(lambda: jobs.row(waiter)["heartbeat_at"] and jobs.row(stopper)["heartbeat_at"])
     assert all(t.is_alive() for t in threads)
 
-    target.cancel(ws.get_run(waiter))  # a queued run is canceled at once
+    target.cancel(ws.backend, waiter)  # a queued run is canceled at once
     # A cancel request recorded while the run is still queued (a race with the runner).
     ws.store.update_run(stopper, cancel_requested_at=time.time())
     for thread in threads:
@@ -257,7 +257,7 @@ def test_cancel_while_waiting_raises_claim_canceled(ws: Any, jobs: Jobs,
     assert "canceled" in str(outcome[waiter])
     assert isinstance(outcome[stopper], ClaimCanceled)
     assert jobs.row(waiter)["status"] == "canceled"
-    assert target.status(ws.get_run(waiter)) == "canceled"
+    assert ws.get_run(waiter).status == "canceled"
     held.release()
 
 
@@ -272,7 +272,7 @@ def test_cancel_kills_a_job_that_does_not_stop(ws: Any) -> None:
         run_id = new_run_id()
         ws.store.create_run(run_id, "stubborn", "compute", status="running", target="local",
                             host=HOSTNAME, pid=stubborn.pid, started_at=time.time())
-        LocalTarget(cancel_grace=0.3).cancel(ws.get_run(run_id), wait=True)
+        LocalTarget(cancel_grace=0.3).cancel(ws.backend, run_id, wait=True)
         # (psutil reaps what it kills, so the exit code Popen sees is not the signal.)
         stubborn.wait(timeout=10)
         assert not psutil.pid_exists(stubborn.pid)

@@ -11,7 +11,7 @@ import pytest
 
 import jupyter_mlops as mlops
 from jupyter_mlops.errors import Conflict, InvalidInput, NotFound, WorkspaceError
-from jupyter_mlops.workspace import new_run_id
+from jupyter_mlops.store import new_run_id
 
 from .conftest import cli
 
@@ -393,7 +393,7 @@ def make_sweep_trial(ws, *, sweep_name: str, trial: int, params: dict) -> str:
     controller would)."""
     import time
 
-    from jupyter_mlops.workspace import _schema as t
+    from jupyter_mlops.store import _schema as t
 
     sweep_id = new_run_id()
     with ws.store.write() as conn:

@@ -9,15 +9,15 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_mlops.errors import InvalidInput, NotFound, SchemaTooNew, WorkspaceError
-from jupyter_mlops.workspace import (
+from jupyter_mlops.store import (
     ArtifactStore,
     Store,
     WorkspaceConfig,
     new_run_id,
     resolve_location,
 )
-from jupyter_mlops.workspace._artifacts import clean_relpath
-from jupyter_mlops.workspace._config import find_workspace_dir
+from jupyter_mlops.store._artifacts import clean_relpath
+from jupyter_mlops.store._config import find_workspace_dir
 
 
 def test_location_env_var_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +67,7 @@ def test_schema_module_matches_migrations(ws) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from jupyter_mlops.workspace._schema import metadata
+    from jupyter_mlops.store._schema import metadata
 
     with ws.store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -197,7 +197,7 @@ def test_sqlite_busy_timeout_is_set(ws) -> None:
 def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> None:
     from alembic import command
 
-    from jupyter_mlops.workspace._store import _alembic_config
+    from jupyter_mlops.store._store import _alembic_config
 
     loc = resolve_location(tmp_path / "old", config=WorkspaceConfig())
     loc.directory.mkdir()

@@ -319,7 +319,7 @@ def test_one_gpu_per_trial_on_four_simulated_gpus(ws, monkeypatch) -> None:
 
 
 def test_sweep_widget_leaderboard_and_static_view(ws, monkeypatch) -> None:
-    from jupyter_mlops.sweeps._widget import SweepWidget
+    from jupyter_mlops.widgets import SweepWidget
 
     monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "2")
     code = ("import time, jupyter_mlops as mlops\n"
@@ -330,7 +330,7 @@ def test_sweep_widget_leaderboard_and_static_view(ws, monkeypatch) -> None:
     sweep = ws.sweep(code, params={"x": "choice(1, 9, 10)"}, metric="acc", sampler="grid",
                      concurrency=3, policy="bandit(slack=0.2, delay=2)", namespace={},
                      name="board", seed=1)
-    widget = SweepWidget(sweep, poll_interval=0.2)
+    widget = sweep.widget(poll_interval=0.2)
     try:
         sweep.wait(timeout=300)
         wait_until(lambda: widget.finished, timeout=30, what="the widget to see the end")

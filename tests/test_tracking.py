@@ -79,7 +79,7 @@ def test_points_become_durable_without_explicit_flush(ws) -> None:
         for i in range(100):
             mlops.log("loss", 1.0 / (i + 1))
         # Another reader (its own Store) sees the points while the run is still going.
-        from jupyter_mlops.workspace import Store
+        from jupyter_mlops.store import Store
 
         reader = Store(ws.location)
         wait_until(lambda: len(reader.metric_rows(run.id)) == 100, timeout=10,

@@ -11,7 +11,7 @@ import pytest
 
 import jupyter_mlops as mlops
 from jupyter_mlops.widgets import RunWidget, minmax_downsample
-from jupyter_mlops.workspace import new_run_id
+from jupyter_mlops.store import new_run_id
 
 from .conftest import wait_until
 
@@ -28,7 +28,7 @@ def _finished_run(n: int = 20):
 
 def test_widget_state_after_a_run_with_known_metrics(ws) -> None:
     run = _finished_run()
-    widget = RunWidget(run)
+    widget = run.widget()
     assert widget._thread is None  # a finished run is not followed
     assert sorted(widget.charts) == ["acc", "loss"]
     loss = widget.charts["loss"].line
@@ -51,7 +51,7 @@ def test_polling_reads_only_new_rows(ws) -> None:
     ws.store.log_metrics(run_id, [("x", s, float(s), time.time()) for s in range(100)])
     ws.store.append_logs(run_id, [("stdout", "first line\nsecond ", time.time())])
     run = ws.get_run(run_id)
-    widget = RunWidget(run, start=False)
+    widget = run.widget(start=False)
     assert widget.feed.rows_read == 100
     widget.refresh()
     assert widget.feed.rows_read == 100  # nothing new, nothing read
@@ -72,7 +72,7 @@ def test_attach_after_restart_shows_the_whole_history_then_follows(ws) -> None:
                         heartbeat_at=time.time())
     ws.store.log_metrics(run_id, [("loss", s, 1.0 / (s + 1), time.time()) for s in range(500)])
     # A "new kernel": a widget built from nothing but the run id reads everything so far...
-    widget = RunWidget(ws.get_run(run_id), poll_interval=0.05)
+    widget = ws.get_run(run_id).widget(poll_interval=0.05)
     try:
         assert len(widget.charts["loss"].line.x) == 500
         # ...and keeps following what the job writes next.
@@ -92,7 +92,7 @@ def test_static_output_has_table_image_params_and_log(ws) -> None:
         for s in range(5):
             mlops.log("loss", 1.0 / (s + 1))
     ws.store.append_logs(run.id, [("stdout", "epoch 4 done\n", time.time())])
-    widget = RunWidget(run)
+    widget = run.widget()
     bundle = widget._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     page = bundle["text/html"]
@@ -112,7 +112,7 @@ def test_million_point_series_is_downsampled_keeping_extremes(ws) -> None:
     ws.store.create_run(run_id, "big", "w", status="completed")
     now = time.time()
     ws.store.log_metrics(run_id, [("v", i, float(v), now) for i, v in enumerate(values)])
-    widget = RunWidget(ws.get_run(run_id))
+    widget = ws.get_run(run_id).widget()
     chart = widget.charts["v"]
     assert 1000 <= chart.points_sent <= 2000
     assert max(chart.line.y) == 1e6 and min(chart.line.y) == -1e6
@@ -147,7 +147,7 @@ def test_widget_follows_a_live_run_and_cancel_button_cancels(ws) -> None:
     thread = threading.Thread(target=job)
     thread.start()
     started.wait(10)
-    widget = RunWidget(holder["run"], poll_interval=0.05)
+    widget = holder["run"].widget(poll_interval=0.05)
     try:
         wait_until(lambda: "loss" in widget.charts and len(widget.charts["loss"].line.x) > 20,
                    timeout=20, what="the chart to fill")
@@ -171,7 +171,7 @@ def test_log_pane_is_bounded(ws, lines) -> None:
     ws.store.create_run(run_id, "log", "w", status="completed")
     ws.store.append_logs(run_id, [("stdout", "".join(f"line {i}\n" for i in range(50)),
                                    time.time())])
-    widget = RunWidget(ws.get_run(run_id), log_lines=lines)
+    widget = ws.get_run(run_id).widget(log_lines=lines)
     assert widget.feed.log_text() == "line 47\nline 48\nline 49"
     widget.full_log_button.value = True
     assert widget.full_log_view.value.count("\n") == 50  # the whole log, one click away
@@ -211,7 +211,7 @@ def test_runs_table_sorts_by_any_column_and_goes_live(ws) -> None:
     for name, acc in [("a", 0.7), ("b", 0.9), ("c", 0.8)]:
         with mlops.start_run(name, experiment="cmp", params={"lr": acc / 10}):
             mlops.log("acc", acc)
-    table = RunsTable(ws, poll_interval=0.05)
+    table = RunsTable(ws.backend, poll_interval=0.05)
     try:
         assert "metric.acc" in table.sort_by.options and "param.lr" in table.sort_by.options
         table.sort_by.value = "metric.acc"

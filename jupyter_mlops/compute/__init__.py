@@ -34,9 +34,9 @@ def get_target(name: str = "local", config: Config | None = None) -> Target:
     """The target called ``name``, configured from ``config`` or, by default, from
     ``jupyter_mlops_config.py`` (as the workspace is), so every process agrees on slots."""
     if config is None:
-        from ..workspace._config import _load_file_config
+        from ..store import load_file_config
 
-        config = _load_file_config().config
+        config = load_file_config()
     if name == LocalTarget.name:
         return LocalTarget(config=config)
     # Plugins are looked up only now: importing one (e.g. ray) can take seconds.

@@ -18,7 +18,7 @@ from traitlets.config import Configurable
 from ..errors import MlopsError
 
 if TYPE_CHECKING:
-    from ..workspace import Run, Workspace
+    from ..store import Backend
 
 __all__ = ["Claim", "ClaimCanceled", "Slot", "SlotState", "Target"]
 
@@ -112,14 +112,14 @@ class Target(Configurable, metaclass=_TargetMeta):
 
     - ``validate(gpus)`` runs before a run is recorded, so an impossible request fails at
       submission with a clear ``InvalidInput`` rather than waiting forever in the queue.
-    - ``submit(ws, run_id)`` starts the job process of a run already recorded ``queued`` and
+    - ``submit(backend, run_id)`` starts the job process of a run already recorded ``queued`` and
       returns without waiting for it; the job then reports everything through the store.
-    - ``claim(ws, run_id, gpus)`` is called *by the job process* before it starts the kernel:
+    - ``claim(backend, run_id, gpus)`` is called *by the job process* before it starts the kernel:
       it blocks while the run waits its turn (the run stays ``queued``) and returns the slots
       it may use. A target whose scheduler already placed the job returns at once.
-    - ``cancel(run)`` asks a run to stop and makes sure it does; it does not block.
-    - ``status(run)`` is the run's status as the store has it; the store is the truth.
-    - ``slots(ws)`` lists the target's slots and which run holds each.
+    - ``cancel(backend, run_id)`` asks a run to stop and makes sure it does; it does not
+      block unless asked to.
+    - ``slots(backend)`` lists the target's slots and which run holds each.
     """
 
     name: str = ""
@@ -129,28 +129,24 @@ class Target(Configurable, metaclass=_TargetMeta):
         """Raise ``InvalidInput`` if no run of this target could ever get ``gpus`` GPUs."""
 
     @abstractmethod
-    def submit(self, ws: Workspace, run_id: str) -> None:
+    def submit(self, backend: Backend, run_id: str) -> None:
         """Start the job process for the ``queued`` run ``run_id``."""
 
     @abstractmethod
-    def claim(self, ws: Workspace, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
+    def claim(self, backend: Backend, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
         """Block until ``run_id`` may start; hold and return its slots."""
 
     @abstractmethod
-    def cancel(self, run: Run, *, wait: bool = False) -> None:
-        """Request that ``run`` stops, and enforce it if its job does not comply.
+    def cancel(self, backend: Backend, run_id: str, *, wait: bool = False) -> None:
+        """Request that the run stops, and enforce it if its job does not comply.
 
         Returns at once unless ``wait``: a short-lived caller (the CLI) passes ``wait=True``
         so that the enforcement is not cut short when it exits.
         """
 
     @abstractmethod
-    def slots(self, ws: Workspace | None = None) -> list[SlotState]:
+    def slots(self, backend: Backend | None = None) -> list[SlotState]:
         """Every slot of the target and the run holding it, if any."""
-
-    def status(self, run: Run) -> str:
-        """The run's status, read from the store (never cached by the target)."""
-        return run.status
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

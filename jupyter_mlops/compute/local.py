@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,14 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from traitlets import Float, Int, List, Unicode, default
 
-from .._processes import kill_tree, process_gone
+from .._processes import kill_tree, spawn_detached, started_before
 from ..errors import InvalidInput, NotFound
-from ..workspace import ACTIVE
-from ..workspace._run import HOSTNAME
+from ..store import ACTIVE, HOSTNAME, job_gone
 from ._base import Claim, ClaimCanceled, Slot, SlotState, Target
 
 if TYPE_CHECKING:
-    from ..workspace import Run, Workspace
+    from ..store import Backend
 
 __all__ = ["ENV_CPU_SLOTS", "ENV_GPUS", "LocalTarget", "detect_gpus"]
 
@@ -168,8 +168,8 @@ class LocalTarget(Target):
 
     # -- slot locks -----------------------------------------------------------------------
 
-    def lock_dir(self, ws: Workspace) -> Path:
-        return ws.location.directory / "slots" / self.name
+    def lock_dir(self, backend: Backend) -> Path:
+        return backend.location.directory / "slots" / self.name
 
     def _try_take(self, folder: Path, candidates: list[Slot], count: int
                   ) -> list[tuple[Slot, int]] | None:
@@ -208,18 +208,14 @@ class LocalTarget(Target):
             os.close(fd)  # closing also drops the probe's lock at once
         return False
 
-    def slots(self, ws: Workspace | None = None) -> list[SlotState]:
-        if ws is None:
-            from ..workspace import workspace
-
-            ws = workspace()
+    def slots(self, backend: Backend) -> list[SlotState]:
         holders: dict[str, str] = {}
-        for row in ws.store.list_runs(status=ACTIVE):
+        for row in backend.store.list_runs(status=ACTIVE):
             if row["target"] != self.name or row["host"] not in (None, HOSTNAME):
                 continue
             for name in (row["resources"] or {}).get("slots", []):
                 holders.setdefault(name, row["id"])  # newest first: a slot's current holder
-        folder = self.lock_dir(ws)
+        folder = self.lock_dir(backend)
         states = []
         for slot in self.inventory():
             held = self._is_locked(folder / f"{slot.name}.lock")
@@ -228,43 +224,27 @@ class LocalTarget(Target):
 
     # -- the queue ------------------------------------------------------------------------
 
-    @staticmethod
-    def _stale_reason(ws: Workspace, row: dict[str, Any]) -> str | None:
-        """Why a queued run can no longer be waiting for a slot, or None if it may be."""
-        now = time.time()
-        # On this machine the job process itself is the truth (submit() records its pid):
-        # alive means waiting, however slowly it started under load; gone means lost.
-        if row["host"] == HOSTNAME and row["pid"]:
-            if process_gone(row["pid"]):
-                return f"its job process (pid {row['pid']}) ended while it waited for a slot"
-            return None
-        beat = row["heartbeat_at"] or row["created_at"]
-        if now - beat > ws.config.lost_after:
-            return (f"queued without a heartbeat for {now - beat:.0f} s: its job process "
-                    "never started or vanished")
-        return None
-
-    def _first_in_line(self, ws: Workspace, me: dict[str, Any]) -> bool:
+    def _first_in_line(self, backend: Backend, me: dict[str, Any]) -> bool:
         """True if no older run of this target on this machine is still waiting.
 
         Older queued runs whose job is gone are marked ``lost`` on the way, so a crash
         can never block the line for good.
         """
         mine = (me["created_at"], me["id"])
-        for row in ws.store.list_runs(status="queued"):
+        for row in backend.store.list_runs(status="queued"):
             if row["id"] == me["id"] or row["target"] != self.name:
                 continue
             if (row["created_at"], row["id"]) >= mine:
                 continue
             if row["host"] not in (None, HOSTNAME):
                 continue  # another machine's local queue (a shared database)
-            reason = self._stale_reason(ws, row)
+            reason = job_gone(row, backend.config.lost_after)
             if reason is None:
                 return False
-            ws.store.set_status(row["id"], "lost", only_from=("queued",), error=reason)
+            backend.store.set_status(row["id"], "lost", only_from=("queued",), error=reason)
         return True
 
-    def claim(self, ws: Workspace, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
+    def claim(self, backend: Backend, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
         """Block until ``run_id`` may start, then hold its slots in this process.
 
         Call it from the job process, while the run is ``queued``; move the run on to
@@ -277,24 +257,24 @@ class LocalTarget(Target):
         """
         self.validate(gpus)
         candidates, count = self._wanted(gpus)
-        store = ws.store
+        store = backend.store
         # Register this process as the run's job: others then see it alive (heartbeat) or
         # dead (pid), and never wait behind it after it is gone.
         store.update_run(run_id, host=HOSTNAME, pid=os.getpid(), heartbeat_at=time.time())
         last_beat = time.monotonic()
-        folder = self.lock_dir(ws)
+        folder = self.lock_dir(backend)
         while True:
-            row = self._waiting_row(ws, run_id)
+            row = self._waiting_row(backend, run_id)
             if count == 0:
                 taken: list[tuple[Slot, int]] | None = []
-            elif self._first_in_line(ws, row):
+            elif self._first_in_line(backend, row):
                 taken = self._try_take(folder, candidates, count)
             else:
                 taken = None
             if taken is not None:
                 claim = Claim(run_id, [s for s, _ in taken], [fd for _, fd in taken])
                 try:
-                    self._waiting_row(ws, run_id)  # canceled while we locked?
+                    self._waiting_row(backend, run_id)  # canceled while we locked?
                     store.merge_run_json(run_id, "resources", {
                         "slots": [s.name for s in claim.slots],
                         "cuda_visible_devices": claim.cuda_visible_devices,
@@ -303,7 +283,7 @@ class LocalTarget(Target):
                     claim.release()
                     raise
                 return claim
-            if time.monotonic() - last_beat >= ws.config.heartbeat_interval:
+            if time.monotonic() - last_beat >= backend.config.heartbeat_interval:
                 store.heartbeat(run_id)
                 last_beat = time.monotonic()
             self._wait_for_slot_change(folder, candidates, poll)
@@ -327,10 +307,10 @@ class LocalTarget(Target):
                 return
 
     @staticmethod
-    def _waiting_row(ws: Workspace, run_id: str) -> dict[str, Any]:
-        row = ws.store.get_run_row(run_id)
+    def _waiting_row(backend: Backend, run_id: str) -> dict[str, Any]:
+        row = backend.store.get_run_row(run_id)
         if row is None:
-            raise NotFound(f"no run with id {run_id!r} in {ws.location.directory}")
+            raise NotFound(f"no run with id {run_id!r} in {backend.location.directory}")
         if row["status"] != "queued":
             raise ClaimCanceled(f"run {run_id} is {row['status']}, no longer waiting for a slot")
         if row["cancel_requested_at"]:
@@ -339,21 +319,24 @@ class LocalTarget(Target):
 
     # -- job processes --------------------------------------------------------------------
 
-    def submit(self, ws: Workspace, run_id: str) -> None:
+    def submit(self, backend: Backend, run_id: str) -> None:
         """Start the run's job process detached (its own session), so it outlives us."""
-        from ..jobs import launch_detached  # jobs imports papermill's stack: only when used
-
-        row = ws.store.get_run_row(run_id)
+        row = backend.store.get_run_row(run_id)
         if row is None:
-            raise NotFound(f"no run with id {run_id!r} in {ws.location.directory}")
+            raise NotFound(f"no run with id {run_id!r} in {backend.location.directory}")
         if row["status"] != "queued":
             raise InvalidInput(f"run {run_id} is {row['status']}; only a queued run is submitted")
-        process = launch_detached(ws, run_id)
+        folder = backend.staging_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        process = spawn_detached(
+            [sys.executable, "-m", "jupyter_mlops.jobs.runner", run_id],
+            env={**os.environ, **backend.location.to_env()}, cwd=folder,
+            log=folder / "runner.log")
         # The job process is the run's pid from now on: queue checks can tell a slow start
         # from a dead one.
-        ws.store.update_run(run_id, host=HOSTNAME, pid=process.pid, heartbeat_at=time.time())
+        backend.store.update_run(run_id, host=HOSTNAME, pid=process.pid, heartbeat_at=time.time())
 
-    def cancel(self, run: Run, *, wait: bool = False) -> None:
+    def cancel(self, backend: Backend, run_id: str, *, wait: bool = False) -> None:
         """Ask the run to stop; kill its job process tree if it has not after the grace.
 
         A queued run is canceled at once (its waiting job sees it and exits). A running job
@@ -361,23 +344,26 @@ class LocalTarget(Target):
         only if it is still active after ``cancel_grace`` seconds, and runs on this machine,
         is it killed from here and marked canceled.
         """
-        run.cancel()
-        row = run.workspace.store.get_run_row(run.id)
+        store = backend.store
+        if store.set_status(run_id, "canceled", only_from=("queued",), error="canceled"):
+            return
+        store.request_stop(run_id, "canceled by request")
+        row = store.get_run_row(run_id)
         if row is None or row["status"] not in ACTIVE:
             return
         enforcer = threading.Thread(
-            target=self._enforce_cancel, args=(run,), name=f"mlops-cancel-{run.id}",
+            target=self._enforce_cancel, args=(backend, run_id), name=f"mlops-cancel-{run_id}",
             daemon=True,
         )
         enforcer.start()
         if wait:
             enforcer.join()
 
-    def _enforce_cancel(self, run: Run) -> None:
-        store = run.workspace.store
+    def _enforce_cancel(self, backend: Backend, run_id: str) -> None:
+        store = backend.store
         deadline = time.monotonic() + self.cancel_grace
         while True:
-            row = store.get_run_row(run.id)
+            row = store.get_run_row(run_id)
             if row is None or row["status"] not in ACTIVE:
                 return
             if time.monotonic() >= deadline:
@@ -385,23 +371,12 @@ class LocalTarget(Target):
             time.sleep(0.2)
         if row["host"] != HOSTNAME or not row["pid"]:
             return  # not ours to kill: the job's own host must stop it
-        if not _same_process(row["pid"], row["started_at"] or row["heartbeat_at"]):
+        if not started_before(row["pid"], row["started_at"] or row["heartbeat_at"]):
             return
         kill_tree(row["pid"])
         store.set_status(
-            run.id, "canceled",
+            run_id, "canceled",
             error=f"canceled: the job did not stop within {self.cancel_grace:g} s of the "
             "request, so its processes were killed",
         )
 
-
-def _same_process(pid: int, recorded_at: float | None) -> bool:
-    """False if ``pid`` now belongs to a process started after the run recorded it
-    (the job died and the pid was reused): never kill a stranger."""
-    import psutil
-
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return False
-    return recorded_at is None or created <= recorded_at + 1.0

@@ -1,26 +1,42 @@
-"""Jobs: a run is a notebook executed by papermill in its own process, writing to the store."""
+"""Jobs: a run is a notebook executed by papermill in its own process, writing to the store.
+
+This package also owns what happens to runs whose processes are gone (``reap``) and the one
+way to stop a run (``cancel_run``). Names are imported on first use (PEP 562): opening a
+workspace runs the reaper, which must not pay for nbformat and papermill.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .._fastimport import skip_slow_optional_imports
 
 skip_slow_optional_imports()  # before nbformat is imported: see _fastimport
 
-from ._cell import CarryError, restore_carried, save_outputs  # noqa: E402
-from ._spec import JobSpec, job_dir  # noqa: E402
-from ._submit import (  # noqa: E402
-    launch_detached,
-    read_notebook,
-    submit_cell,
-    submit_notebook,
-)
+_WHERE = {
+    "CarryError": "_cell",
+    "restore_carried": "_cell",
+    "save_outputs": "_cell",
+    "JobSpec": "_spec",
+    "read_notebook": "_submit",
+    "submit_cell": "_submit",
+    "submit_notebook": "_submit",
+    "cancel_run": "_control",
+    "reap": "_control",
+}
 
-__all__ = [
-    "CarryError",
-    "JobSpec",
-    "job_dir",
-    "launch_detached",
-    "read_notebook",
-    "restore_carried",
-    "save_outputs",
-    "submit_cell",
-    "submit_notebook",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -25,9 +25,10 @@ from typing import Any
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from .._format import human_bytes
 from ..errors import InvalidInput, MlopsError
+from ..store import ENV_JOB_DIR
 
-ENV_JOB_DIR = "JUPYTER_MLOPS_JOB_DIR"
 CARRIED_DIR = "carried"
 RETURNED_PREFIX = "returned/"
 DEFAULT_MAX_CARRY_BYTES = 1 << 30
@@ -242,14 +243,6 @@ def _why_unpicklable(value: Any, exc: BaseException) -> str:
     return f"{what} cannot be sent to another process ({exc}); create it inside the cell"
 
 
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
-
-
 def carry(
     names: Iterable[str],
     namespace: Mapping[str, Any],
@@ -332,23 +325,22 @@ def save_outputs(namespace: dict[str, Any], names: list[str],
 
     import cloudpickle
 
-    from ..tracking import current_run
+    from ..store import ENV_RUN_ID, Backend
 
     missing = [n for n in names if n not in namespace]
     if missing:
         raise NameError(
             f"--outputs asked for {', '.join(map(repr, missing))}, which the cell did not define"
         )
-    run = current_run()
-    assert run is not None, "save_outputs runs inside a job"
+    backend, run_id = Backend.open(), os.environ[ENV_RUN_ID]  # set by the job runner
     for name in names:
         data = cloudpickle.dumps(namespace[name], protocol=5)
         if len(data) > max_bytes:
             raise CarryError(f"output {name!r} is {human_bytes(len(data))}, over the "
                              f"{human_bytes(max_bytes)} limit; write it to mlops.outputs_dir()")
         path = f"{RETURNED_PREFIX}{name}.pkl"
-        size, digest = run.workspace.artifacts.put_stream(run.id, path, io.BytesIO(data))
-        run.workspace.store.record_artifact(run.id, path, size, digest)
+        size, digest = backend.artifacts.put_stream(run_id, path, io.BytesIO(data))
+        backend.store.record_artifact(run_id, path, size, digest)
 
 
 # -- the job notebook ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._processes import kill_tree
-from ..tracking import ENV_OUTPUTS_DIR, ENV_RUN_ID, store_outputs
-from ..workspace import Workspace
-from ._cell import ENV_JOB_DIR
-from ._spec import JobSpec, job_dir
+from ..compute import ClaimCanceled, get_target
+from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, Backend
+from ._control import REAP_EVERY, reap
+from ._spec import JobSpec, fetch_inputs
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FLUSH_INTERVAL = 0.1
@@ -37,8 +38,8 @@ PRUNE_GRACE = 10.0  # seconds a pruned trial has to notice should_stop() before 
 class LogSink:
     """A file-like object papermill writes cell output to; batches it into the store."""
 
-    def __init__(self, ws: Workspace, run_id: str):
-        self.ws, self.run_id = ws, run_id
+    def __init__(self, backend: Backend, run_id: str):
+        self.backend, self.run_id = backend, run_id
         self._queue: deque[tuple[str, str, float]] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlops-log", daemon=True)
@@ -53,7 +54,7 @@ class LogSink:
     def flush(self) -> None:
         batch = [self._queue.popleft() for _ in range(len(self._queue))]
         if batch:
-            self.ws.store.append_logs(self.run_id, batch)
+            self.backend.store.append_logs(self.run_id, batch)
 
     def _loop(self) -> None:
         while not self._stop.wait(LOG_FLUSH_INTERVAL):
@@ -83,8 +84,8 @@ class _Stream:
 class Watchdog:
     """Beats the heartbeat; interrupts then kills the kernel on cancel or timeout."""
 
-    def __init__(self, ws: Workspace, spec: JobSpec, kernel_pid: Callable[[], int | None]):
-        self.ws, self.spec, self._kernel_pid = ws, spec, kernel_pid
+    def __init__(self, backend: Backend, spec: JobSpec, kernel_pid: Callable[[], int | None]):
+        self.backend, self.spec, self._kernel_pid = backend, spec, kernel_pid
         self.stop_reason: str | None = None  # "canceled", "pruned" or "timeout"
         self.stop_message: str | None = None
         self._stop_at = 0.0
@@ -95,14 +96,17 @@ class Watchdog:
         self._thread.start()
 
     def _loop(self) -> None:
-        last_beat = time.monotonic()
+        last_beat = last_reap = time.monotonic()
         while not self._done.wait(0.25):
             try:
-                if time.monotonic() - last_beat >= self.ws.config.heartbeat_interval:
-                    self.ws.store.heartbeat(self.spec.run_id)
+                if time.monotonic() - last_beat >= self.backend.config.heartbeat_interval:
+                    self.backend.store.heartbeat(self.spec.run_id)
                     last_beat = time.monotonic()
+                if time.monotonic() - last_reap >= REAP_EVERY:  # other runs' dead jobs
+                    reap(self.backend)
+                    last_reap = time.monotonic()
                 if self.stop_reason is None:
-                    request = self.ws.store.stop_request(self.spec.run_id)
+                    request = self.backend.store.stop_request(self.spec.run_id)
                     if request is not None:
                         self.stop_reason = "pruned" if request.startswith("pruned") else "canceled"
                         self.stop_message = request
@@ -188,28 +192,34 @@ def _start_kernel(km: Any, cwd: str | None) -> None:
     run_sync(km.start_kernel)(extra_arguments=extra, cwd=cwd)
 
 
-def execute(ws: Workspace, spec: JobSpec) -> str:
+def execute(backend: Backend, spec: JobSpec) -> str:
     """Wait for compute slots (the run stays ``queued``), then run the job to an ending."""
-    from ..compute import ClaimCanceled, get_target
+    try:
+        return _claim_and_execute(backend, spec)
+    finally:
+        # The run has ended (or never started): its inputs and outputs are in the store.
+        shutil.rmtree(backend.staging_dir(spec.run_id), ignore_errors=True)
 
-    ws.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
+
+def _claim_and_execute(backend: Backend, spec: JobSpec) -> str:
+    backend.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
                         heartbeat_at=time.time())
     if spec.parent_resources is not None:
         shared = spec.parent_resources
-        ws.store.merge_run_json(spec.run_id, "resources", {**shared, "shared_with_parent": True})
+        backend.store.merge_run_json(spec.run_id, "resources", {**shared, "shared_with_parent": True})
         return _execute_claimed(
-            ws, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""})
+            backend, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""})
     try:
-        claim = get_target(spec.target).claim(ws, spec.run_id, spec.gpus)
+        claim = get_target(spec.target).claim(backend, spec.run_id, spec.gpus)
     except ClaimCanceled:
-        ws.store.set_status(spec.run_id, "canceled", only_from=("queued",),
+        backend.store.set_status(spec.run_id, "canceled", only_from=("queued",),
                             error="canceled while queued")
-        return ws.store.get_run_row(spec.run_id)["status"]
+        return backend.store.get_run_row(spec.run_id)["status"]
     with claim:  # the slot locks are held until the kernel is gone
-        return _execute_claimed(ws, spec, claim.env())
+        return _execute_claimed(backend, spec, claim.env())
 
 
-def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> str:
+def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) -> str:
     """Run the job to an ending and record it; returns the final status.
 
     The kernel is launched first, before papermill is even imported: its boot (about
@@ -219,8 +229,9 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
     """
     from .._environment import capture_environment
 
-    store, run_id = ws.store, spec.run_id
-    folder = job_dir(ws, run_id)
+    store, run_id = backend.store, spec.run_id
+    folder = fetch_inputs(backend, spec)
+    notebook = str(folder / "input.ipynb")
     outputs = folder / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
     output_nb = folder / "executed.ipynb"
@@ -234,17 +245,17 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
         target=lambda: store.update_run(run_id, environment=capture_environment()), daemon=True
     )
 
-    os.environ.update(ws.location.to_env())
+    os.environ.update(backend.location.to_env())
     os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), ENV_JOB_DIR: str(folder),
                        **slot_env, **spec.env})
-    os.environ["JUPYTER_MLOPS_HEADLESS"] = "1" if spec.headless else "0"
+    os.environ[ENV_HEADLESS] = "1" if spec.headless else "0"
     if ((store.get_run_row(run_id) or {}).get("resources") or {}).get("datasets"):
         # --dataset inputs: local paths for mlops.dataset() in the kernel, recorded as inputs
         from ..errors import MlopsError
         from ..registry import job_datasets_env
 
         try:
-            os.environ.update(job_datasets_env(ws, run_id))
+            os.environ.update(job_datasets_env(backend, run_id))
         except MlopsError as exc:
             store.set_status(run_id, "failed", error=f"the run's datasets are unavailable: {exc}")
             return "failed"
@@ -252,7 +263,7 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
     # Plain JSON: all we need is the kernel and which cells hold code. Validating it with
     # nbformat (60-100 ms to build the schema validator) is left to papermill, which reads
     # it again while the kernel boots. submit_notebook wrote it with nbformat (version 4).
-    with open(spec.notebook, encoding="utf-8") as handle:
+    with open(notebook, encoding="utf-8") as handle:
         source = json.load(handle)
     code_cells = [i for i, c in enumerate(source.get("cells", []))
                   if c.get("cell_type") == "code"]
@@ -282,8 +293,8 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
         provisioner = getattr(km, "provisioner", None)
         return getattr(provisioner, "pid", None) if provisioner else None
 
-    sink = LogSink(ws, run_id)
-    watchdog = Watchdog(ws, spec, kernel_pid)
+    sink = LogSink(backend, run_id)
+    watchdog = Watchdog(backend, spec, kernel_pid)
     error: str | None = None
     try:
         try:
@@ -294,7 +305,7 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
             # boot; after the import, not during it, so the two do not share the GIL.
             env_thread.start()
         papermill.execute_notebook(
-            spec.notebook,
+            notebook,
             str(output_nb),
             parameters=spec.parameters,
             kernel_name=km.kernel_name,
@@ -323,12 +334,12 @@ def _execute_claimed(ws: Workspace, spec: JobSpec, slot_env: dict[str, str]) -> 
         if kernel_pid() is not None:
             kill_tree(kernel_pid())  # never leave a kernel holding a GPU behind
 
-    return _finish(ws, spec, watchdog.stop_reason, watchdog.stop_message, error, outputs,
+    return _finish(backend, spec, watchdog.stop_reason, watchdog.stop_message, error, outputs,
                    output_nb, env_thread)
 
 
 def _finish(
-    ws: Workspace,
+    backend: Backend,
     spec: JobSpec,
     stop_reason: str | None,
     stop_message: str | None,
@@ -337,12 +348,12 @@ def _finish(
     output_nb: Path,
     env_thread: threading.Thread,
 ) -> str:
-    store, run_id = ws.store, spec.run_id
+    store, run_id = backend.store, spec.run_id
     stored_error = None
     try:
-        store_outputs(ws, run_id, outputs)
+        backend.store_outputs(run_id, outputs)
         if output_nb.exists():
-            size, digest = ws.artifacts.put_file(run_id, "notebook.ipynb", output_nb)
+            size, digest = backend.artifacts.put_file(run_id, "notebook.ipynb", output_nb)
             store.record_artifact(run_id, "notebook.ipynb", size, digest)
     except Exception:
         stored_error = "storing the run's files failed:\n" + traceback.format_exc()

@@ -1,8 +1,11 @@
-"""A job's instructions: what notebook to execute, with what, where. Kept beside the run.
+"""A job's instructions: what notebook to execute, with what, where.
 
-The spec is written once at submission into the run's staging folder and read by the job
-process; the database holds what readers need (status, params, progress), the spec holds
-what only the job needs (paths, kernel, timeout, environment).
+Everything a job needs is kept in the workspace, not only on the submitting machine: the
+spec (``job/spec.json``), the input notebook (``job/input.ipynb``) and the carried names
+(``job/carried/*.pkl``) are files of the run in the artifact store (not listed among its
+artifacts: they are its inputs, not its results). The job process fetches them into its
+local staging folder (``Backend.staging_dir``) when they are not there already, so any
+machine that reaches the workspace can run the job; the folder is removed when the run ends.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..workspace import Workspace
+from ..store import Backend
+
+JOB_PREFIX = "job/"  # artifacts under this prefix are the job's inputs
+SPEC = "job/spec.json"
+INPUT_NOTEBOOK = "job/input.ipynb"
+CARRIED_PREFIX = "job/carried/"
 
 
 @dataclass
 class JobSpec:
     run_id: str
-    notebook: str  # the notebook to execute (a copy in the staging folder)
     parameters: dict[str, Any] = field(default_factory=dict)
     kernel_name: str | None = None
     cwd: str | None = None
@@ -30,17 +37,35 @@ class JobSpec:
     # A job submitted by a job that waits for it (``%%train`` in a notebook run headless)
     # runs on its parent's slots instead of queueing behind them: {"slots", "cuda_visible_devices"}
     parent_resources: dict[str, Any] | None = None
+    carried: list[str] = field(default_factory=list)  # names stored under job/carried/
 
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+    def save(self, backend: Backend) -> None:
+        backend.artifacts.put_bytes(self.run_id, SPEC, json.dumps(asdict(self), indent=1).encode())
 
     @classmethod
-    def load(cls, path: Path) -> JobSpec:
-        return cls(**json.loads(path.read_text()))
+    def load(cls, backend: Backend, run_id: str) -> JobSpec:
+        with backend.artifacts.open(run_id, SPEC) as handle:
+            return cls(**json.loads(handle.read()))
 
 
-def job_dir(ws: Workspace, run_id: str) -> Path:
-    """The run's local staging folder: spec, input notebook, outputs, runner log."""
-    return ws.location.directory / "staging" / run_id
+def store_inputs(backend: Backend, run_id: str, folder: Path, carried: list[str]) -> None:
+    """Keep the job's input notebook and its ``carried`` names (files of ``folder``) as
+    artifacts."""
+    files = [folder / "input.ipynb", *(folder / "carried" / f"{n}.pkl" for n in carried)]
+    for path in files:
+        if path.is_file():
+            backend.artifacts.put_file(run_id, JOB_PREFIX + path.relative_to(folder).as_posix(),
+                                       path)
+
+
+def fetch_inputs(backend: Backend, spec: JobSpec) -> Path:
+    """The local staging folder of the job with its input notebook and carried names,
+    fetched from the artifact store unless they are already here (same machine)."""
+    folder = backend.staging_dir(spec.run_id)
+    wanted = {INPUT_NOTEBOOK: folder / "input.ipynb"}
+    wanted.update({f"{CARRIED_PREFIX}{name}.pkl": folder / "carried" / f"{name}.pkl"
+                   for name in spec.carried})
+    for rel, local in wanted.items():
+        if not local.exists():
+            backend.artifacts.download(spec.run_id, rel, local)
+    return folder

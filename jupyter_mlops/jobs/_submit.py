@@ -1,18 +1,20 @@
-"""Submitting a notebook as a run: validate, record it ``queued``, start its job process."""
+"""Submitting a notebook or a cell as a run: validate, record it ``queued``, start its job.
+
+These are the services behind ``Workspace.submit``; they receive the ``Backend`` and return
+the new run's id. Nothing is stored when the input is refused.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
 from ..errors import InvalidInput
-from ..workspace import Run, Workspace, new_run_id
+from ..store import ENV_HEADLESS, Backend, new_run_id
 from ._cell import (
     CARRIED_DIR,
     DEFAULT_MAX_CARRY_BYTES,
@@ -21,7 +23,7 @@ from ._cell import (
     carry,
     free_names,
 )
-from ._spec import JobSpec, job_dir
+from ._spec import JobSpec, store_inputs
 
 
 def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
@@ -39,7 +41,7 @@ def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
 
 
 def submit_notebook(
-    ws: Workspace,
+    backend: Backend,
     notebook: nbformat.NotebookNode,
     *,
     name: str,
@@ -57,55 +59,55 @@ def submit_notebook(
     gpus: int = 0,
     run_id: str | None = None,
     parent_id: str | None = None,
-    resources: dict[str, Any] | None = None,
+    datasets: list[dict[str, Any]] | None = None,
     parent_resources: dict[str, Any] | None = None,
+    carried: list[str] | None = None,
     fields: dict[str, Any] | None = None,
-) -> Run:
+) -> str:
     """Record a new ``queued`` run for ``notebook`` and hand it to its compute target.
 
-    ``run_id`` may be given when the caller already prepared files in the run's job folder
-    (``%%train`` writes the carried names there first); ``fields`` are more columns of the
-    run (a sweep's trial sets ``sweep_id`` and ``trial_number``).
+    ``run_id`` may be given when the caller already prepared files in the run's staging
+    folder (``submit_cell`` writes the carried names there first); ``fields`` are more
+    columns of the run (a sweep's trial sets ``sweep_id`` and ``trial_number``).
+    ``datasets`` are ``{"name", "version"}`` inputs, pinned to a version and checked now.
+    ``carried`` names (pickles in the staging folder's ``carried/``) are kept as artifacts
+    too, so another machine can run the job; a sweep's trials share the sweep's instead.
     """
     from ..compute import get_target
+    from ..registry import pin_datasets
 
     if timeout is not None and timeout <= 0:
         raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout}")
     compute = get_target(target)
     compute.validate(gpus)
+    pinned = pin_datasets(backend, datasets) if datasets else None
     run_id = run_id or new_run_id()
-    folder = job_dir(ws, run_id)
+    folder = backend.staging_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
+    spec = JobSpec(
+        run_id=run_id, parameters=dict(parameters or {}), kernel_name=kernel_name, cwd=cwd,
+        timeout=timeout, env=dict(env or {}), headless=headless, target=target, gpus=gpus,
+        parent_resources=parent_resources, carried=sorted(carried or []))
     try:
-        input_nb = folder / "input.ipynb"
-        nbformat.write(notebook, input_nb)
-        spec = JobSpec(
-            run_id=run_id,
-            notebook=str(input_nb),
-            parameters=dict(parameters or {}),
-            kernel_name=kernel_name,
-            cwd=cwd,
-            timeout=timeout,
-            env=dict(env or {}),
-            headless=headless,
-            target=target,
-            gpus=gpus,
-            parent_resources=parent_resources,
-        )
-        spec.save(folder / "job.json")
-        ws.store.create_run(
+        nbformat.write(notebook, folder / "input.ipynb")
+        backend.store.create_run(
             run_id, name, experiment, status="queued", kind=kind, source=source,
             target=target, params=spec.parameters, tags=dict(tags or {}),
-            parent_id=parent_id, resources=resources, **(fields or {}),
+            parent_id=parent_id, resources={"datasets": pinned} if pinned else None,
+            **(fields or {}),
         )
+        store_inputs(backend, run_id, folder, spec.carried)
+        spec.save(backend)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        backend.store.delete_run(run_id)
         raise
-    compute.submit(ws, run_id)
-    return Run(ws, run_id)
+    compute.submit(backend, run_id)
+    return run_id
 
 
 def submit_cell(
+    backend: Backend,
     code: str,
     *,
     namespace: dict[str, Any],
@@ -117,20 +119,18 @@ def submit_cell(
     gpus: int = 0,
     outputs: list[str] | None = None,
     timeout: float | None = None,
-    datasets: list[dict[str, str]] | None = None,
+    datasets: list[dict[str, Any]] | None = None,
     history: list[str] | None = None,
     origin: str = "",
     max_carry_bytes: int = DEFAULT_MAX_CARRY_BYTES,
-    ws: Workspace | None = None,
-) -> Run:
+    parent_id: str | None = None,
+) -> str:
     """Submit a notebook cell as a job: carry the names it reads, run it, keep its history.
 
     Nothing is recorded when the cell cannot be submitted (syntax error, a name that cannot
     travel, too much data, an impossible GPU request): the error says what to change.
     """
     from ..compute import get_target
-    from ..tracking import current_run
-    from ..workspace import workspace
 
     parameters = dict(parameters or {})
     outputs = list(outputs or [])
@@ -141,51 +141,27 @@ def submit_cell(
     if never_bound:
         raise InvalidInput(f"--outputs names {', '.join(map(repr, never_bound))}, which the "
                            "cell never assigns")
-    ws = ws or workspace()
-    if datasets:  # refuse unknown ones now; "latest" means the newest at submission
-        from ..registry import pin_datasets
-
-        datasets = pin_datasets(ws, datasets)
     run_id = new_run_id()
-    folder = job_dir(ws, run_id)
+    folder = backend.staging_dir(run_id)
     try:
         plan = carry(used, namespace, folder / CARRIED_DIR, max_carry_bytes)
         notebook = build_job_notebook(code, parameters, plan, outputs, origin)
-        parent = current_run()
         # Inside a headless job the parent only waits for this child: lend it its slots
         # (queueing behind them would deadlock with a single slot).
-        lend = parent is not None and os.environ.get("JUPYTER_MLOPS_HEADLESS") == "1"
-        run = submit_notebook(
-            ws, notebook, name=name, experiment=experiment, parameters=parameters, tags=tags,
-            kind="cell", source=origin, cwd=os.getcwd(), timeout=timeout, target=target,
-            gpus=gpus, run_id=run_id, parent_id=parent.id if parent else None,
-            resources={"datasets": datasets} if datasets else None,
-            headless=True,
-            parent_resources=(parent.info()["resources"] or {}) if lend else None,
+        lend = parent_id is not None and os.environ.get(ENV_HEADLESS) == "1"
+        parent_row = backend.store.get_run_row(parent_id) if lend else None
+        submit_notebook(
+            backend, notebook, name=name, experiment=experiment, parameters=parameters,
+            tags=tags, kind="cell", source=origin, cwd=os.getcwd(), timeout=timeout,
+            target=target, gpus=gpus, run_id=run_id, parent_id=parent_id,
+            datasets=datasets, headless=True, carried=list(plan.values),
+            parent_resources=(parent_row["resources"] or {}) if parent_row else None,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     if history:
         text = "\n\n".join(f"# In[{i}]\n{src}" for i, src in enumerate(history, 1))
-        size, digest = ws.artifacts.put_bytes(run.id, "history.py", text.encode())
-        ws.store.record_artifact(run.id, "history.py", size, digest)
-    return run
-
-
-def launch_detached(ws: Workspace, run_id: str, extra_env: dict[str, str] | None = None
-                    ) -> subprocess.Popen:
-    """Start the job process in its own session, so it survives whoever started it."""
-    folder = job_dir(ws, run_id)
-    env = {**os.environ, **ws.location.to_env(), **(extra_env or {})}
-    with open(folder / "runner.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jupyter_mlops.jobs.runner", run_id],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-            cwd=str(folder),
-        )
+        size, digest = backend.artifacts.put_bytes(run_id, "history.py", text.encode())
+        backend.store.record_artifact(run_id, "history.py", size, digest)
+    return run_id

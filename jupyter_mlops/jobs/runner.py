@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 import traceback
 
-from ..workspace import workspace
+from ..store import Backend
 from ._execute import execute
-from ._spec import JobSpec, job_dir
+from ._spec import JobSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jupyter_mlops.jobs.runner RUN_ID", file=sys.stderr)
         return 2
     run_id = argv[0]
-    ws = workspace()
+    backend = Backend.open()
     try:
-        spec = JobSpec.load(job_dir(ws, run_id) / "job.json")
-        status = execute(ws, spec)
+        spec = JobSpec.load(backend, run_id)
+        status = execute(backend, spec)
     except BaseException:
-        ws.store.set_status(run_id, "failed", error="the job runner crashed:\n"
-                            + traceback.format_exc())
+        backend.store.set_status(run_id, "failed", error="the job runner crashed:\n"
+                                 + traceback.format_exc())
         raise
     return 0 if status == "completed" else 1
 

@@ -1,8 +1,8 @@
 """Model registry, versioned datasets, lineage and run comparison.
 
-``ws.models`` and ``ws.datasets`` are the entry points; ``ws.lineage(model="mnist:3")``
-tells what made a model; ``mlops.dataset("pets")`` gives a run its data. SQL lives in
-``workspace/_registry_store.py``; this package handles files, hashes, profiles and views.
+``backend.models`` and ``backend.datasets`` are the entry points; ``backend.lineage(model="mnist:3")``
+tells what made a model; ``mlops.dataset("pets")`` (in ``tracking``) gives a run its data. SQL lives in
+``store/_registry_store.py``; this package handles files, hashes, profiles and views.
 
 Names are imported on first use (PEP 562), so ``jupyter mlops runs ls`` and job start-up
 don't pay for the registry they don't use.
@@ -17,7 +17,6 @@ _WHERE = {
     "ENV_DATASETS": "_datasets",
     "Dataset": "_datasets",
     "DatasetRegistry": "_datasets",
-    "dataset": "_datasets",
     "job_datasets_env": "_datasets",
     "pin_datasets": "_datasets",
     "RunDiff": "_diff",

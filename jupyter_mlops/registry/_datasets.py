@@ -1,6 +1,6 @@
 """Versioned datasets: references to data (or snapshots of it) with a content hash.
 
-``ws.datasets.register("pets", "/data/pets.csv")`` hashes the data where it is and records
+``backend.datasets.register("pets", "/data/pets.csv")`` hashes the data where it is and records
 version N+1 only when the content (or its location) changed since the newest version; the
 data stays where it is unless ``copy=True`` snapshots it into the artifact store. Each
 version carries a small profile (files, bytes; rows, columns, dtypes and simple statistics
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, InvalidInput, NotFound, WorkspaceError
-from ..workspace._registry_store import RegistryStore
+from ..store import RegistryStore
 from ._files import (
     CHUNK,
     Blobs,
@@ -45,9 +45,9 @@ from ._files import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..workspace import Run, Workspace
+    from ..store import Backend
 
-__all__ = ["ENV_DATASETS", "Dataset", "DatasetRegistry", "dataset"]
+__all__ = ["ENV_DATASETS", "Dataset", "DatasetRegistry", "job_datasets_env", "pin_datasets"]
 
 # JSON {"pets": {"path": "/abs/path", "version": 2, "sha256": "..."}} set for a job's kernel.
 ENV_DATASETS = "JUPYTER_MLOPS_DATASETS"
@@ -56,8 +56,8 @@ ENV_DATASETS = "JUPYTER_MLOPS_DATASETS"
 class Dataset:
     """One version of a dataset."""
 
-    def __init__(self, workspace: Workspace, row: dict[str, Any]):
-        self.workspace = workspace
+    def __init__(self, backend: Backend, row: dict[str, Any]):
+        self.backend = backend
         self._row = row
         self.id: int = row["id"]
         self.name: str = row["name"]
@@ -82,11 +82,11 @@ class Dataset:
 
     @property
     def tags(self) -> dict[str, str]:
-        row = RegistryStore(self.workspace.store).dataset_version(self.name, self.version)
+        row = RegistryStore(self.backend.store).dataset_version(self.name, self.version)
         return dict(row["tags"]) if row else {}
 
     def set_tags(self, tags: dict[str, Any]) -> dict[str, str]:
-        return RegistryStore(self.workspace.store).update_dataset_tags(self.id, check_tags(tags))
+        return RegistryStore(self.backend.store).update_dataset_tags(self.id, check_tags(tags))
 
     @property
     def path(self) -> Path:
@@ -96,7 +96,7 @@ class Dataset:
         place (read it, don't change it). Remote data is downloaded once into the
         workspace's cache, its hash checked against the recorded one.
         """
-        blobs = Blobs(self.workspace, "datasets")
+        blobs = Blobs(self.backend, "datasets")
         storage = self._row["storage"]
         if storage is not None:
             if blobs.is_local:
@@ -147,11 +147,11 @@ class Dataset:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created_at))
         return (f"dataset {self.ref} (registered {when}) refers to {self.uri}, which no longer "
                 f"exists; put the data back there, or register its new location with "
-                f"ws.datasets.register({self.name!r}, NEW_PATH)")
+                f"backend.datasets.register({self.name!r}, NEW_PATH)")
 
     def _cached(self, source: Source) -> Path:
         """Download ``source`` into the cache (verifying the hash) unless already there."""
-        folder = (self.workspace.location.directory / "cache" / "datasets" / self.name
+        folder = (self.backend.location.directory / "cache" / "datasets" / self.name
                   / f"{self.version}-{self.sha256[:16]}")
         path = folder / source.root_name if self.kind == "file" else folder
         if folder.is_dir():
@@ -184,7 +184,7 @@ class Dataset:
 
     def verify(self) -> None:
         """Re-hash the data at its recorded location; raise ``Conflict`` if it changed."""
-        blobs = Blobs(self.workspace, "datasets")
+        blobs = Blobs(self.backend, "datasets")
         if self._row["storage"] is not None:
             source = _storage_source(blobs, self._row["storage"], self.kind)
         elif is_url(self.uri) and not self.uri.startswith("file://"):
@@ -195,12 +195,9 @@ class Dataset:
             source = local_source(self.uri.removeprefix("file://"), "dataset")
         self._check_hash(source)
 
-    def runs(self) -> list[Run]:
-        """The runs that read this version."""
-        from ..workspace import Run
-
-        return [Run(self.workspace, r)
-                for r in RegistryStore(self.workspace.store).runs_reading(self.id)]
+    def run_ids(self) -> list[str]:
+        """Ids of the runs that read this version (``runs()`` on the facade's datasets)."""
+        return list(RegistryStore(self.backend.store).runs_reading(self.id))
 
     def to_pandas(self, **read_options: Any) -> pd.DataFrame:
         """Read a one-table dataset (CSV/TSV/Parquet file) into a DataFrame."""
@@ -272,10 +269,14 @@ def _storage_source(blobs: Blobs, storage: str, kind: str) -> Source:
 class DatasetRegistry:
     """``ws.datasets``: register, list and get dataset versions."""
 
-    def __init__(self, workspace: Workspace):
-        self.workspace = workspace
-        self._store = RegistryStore(workspace.store)
-        self._blobs = Blobs(workspace, "datasets")
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._store = RegistryStore(backend.store)
+        self._blobs = Blobs(backend, "datasets")
+
+    def _version(self, row: dict[str, Any]) -> Dataset:
+        """The object a version row is handed out as (the API facade links it to runs)."""
+        return Dataset(self.backend, row)
 
     def register(
         self,
@@ -328,7 +329,7 @@ class DatasetRegistry:
                                        latest["storage"] is not None) == (sha, source.uri, copy):
                 if storage:
                     self._blobs.remove(storage)
-                return Dataset(self.workspace, latest)
+                return self._version(latest)
             prof = _profile(self._blobs, storage, source) if profile else {
                 "files": len(files), "bytes": sum(s for _, s, _ in files), "tables": {}}
             fields = {
@@ -345,7 +346,7 @@ class DatasetRegistry:
             raise
         if not created and storage:
             self._blobs.remove(storage)
-        return Dataset(self.workspace, row)
+        return self._version(row)
 
     def list(self, name: str | None = None, tags: dict[str, Any] | None = None
              ) -> list[Dataset]:
@@ -353,7 +354,7 @@ class DatasetRegistry:
         if name is not None:
             check_name(name, "dataset")
         wanted = check_tags(tags)
-        return [Dataset(self.workspace, r) for r in self._store.dataset_versions(name=name)
+        return [self._version(r) for r in self._store.dataset_versions(name=name)
                 if all(r["tags"].get(k) == v for k, v in wanted.items())]
 
     def names(self) -> list[str]:
@@ -369,21 +370,21 @@ class DatasetRegistry:
             if not versions:
                 known = ", ".join(self._store.dataset_names()[:10]) or "none yet"
                 raise NotFound(f"no dataset named {name!r} in "
-                               f"{self.workspace.location.directory} (datasets: {known})")
+                               f"{self.backend.location.directory} (datasets: {known})")
             numbers = ", ".join(str(r["version"]) for r in reversed(versions))
             raise NotFound(f"dataset {name!r} has no version {ref} (versions: {numbers})")
-        return Dataset(self.workspace, row)
+        return self._version(row)
 
-    def record_input(self, run: Run | str, dataset: Dataset) -> None:
+    def record_input(self, run: Any, dataset: Dataset) -> None:
         """Record that ``run`` read ``dataset`` (lineage); done for you by ``--dataset``
         and by ``mlops.dataset()`` inside a run."""
         run_id = run if isinstance(run, str) else run.id
         self._store.record_run_input(run_id, dataset.id)
 
-    def inputs_of(self, run: Run | str) -> list[Dataset]:
-        """The dataset versions a run read."""
+    def inputs_of(self, run: Any) -> list[Dataset]:
+        """The dataset versions a run (or run id) read."""
         run_id = run if isinstance(run, str) else run.id
-        return [Dataset(self.workspace, r) for r in self._store.run_inputs(run_id)]
+        return [self._version(r) for r in self._store.run_inputs(run_id)]
 
     def gc(self, older_than: float = 3600.0) -> list[str]:
         """Remove snapshot folders no version references (interrupted ``copy=True``
@@ -412,7 +413,7 @@ class DatasetRegistry:
         return pd.DataFrame.from_records(records, columns=columns)
 
     def __repr__(self) -> str:
-        return f"<DatasetRegistry of {self.workspace.location.directory}>"
+        return f"<DatasetRegistry of {self.backend.location.directory}>"
 
     def _repr_html_(self) -> str:
         frame = self.dataframe()
@@ -434,11 +435,11 @@ def _profile(blobs: Blobs, storage: str | None, source: Source) -> dict[str, Any
 # -- datasets as run inputs ------------------------------------------------------------------
 
 
-def pin_datasets(ws: Workspace, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pin_datasets(backend: Backend, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Check that every ``{"name", "version"}`` exists and fix "latest" to its number now,
     at submission: the run then reads the version that was newest when it was asked for."""
     pinned, seen = [], set()
-    registry = DatasetRegistry(ws)
+    registry = DatasetRegistry(backend)
     for spec in specs:
         found = registry.get(spec["name"], spec.get("version") or "latest")
         if found.name in seen:
@@ -448,47 +449,21 @@ def pin_datasets(ws: Workspace, specs: list[dict[str, Any]]) -> list[dict[str, A
     return pinned
 
 
-def job_datasets_env(ws: Workspace, run_id: str) -> dict[str, str]:
+def job_datasets_env(backend: Backend, run_id: str) -> dict[str, str]:
     """For a job about to start: resolve the run's datasets to local paths, record them as
     the run's inputs, and return the environment that tells ``mlops.dataset`` where they
     are. Raises (naming the version and its location) when the data is gone."""
-    row = ws.store.get_run_row(run_id) or {}
+    row = backend.store.get_run_row(run_id) or {}
     specs = (row.get("resources") or {}).get("datasets") or []
     if not specs:
         return {}
-    registry = DatasetRegistry(ws)
+    registry = DatasetRegistry(backend)
     resolved: dict[str, dict[str, Any]] = {}
     for spec in specs:
         found = registry.get(spec["name"], spec.get("version") or "latest")
         resolved[found.name] = {"path": str(found.path), "version": found.version,
                                 "sha256": found.sha256}
         registry.record_input(run_id, found)
-    ws.store.merge_run_json(run_id, "resources", {"datasets": [
+    backend.store.merge_run_json(run_id, "resources", {"datasets": [
         {"name": n, "version": d["version"]} for n, d in resolved.items()]})
     return {ENV_DATASETS: json.dumps(resolved)}
-
-
-def dataset(name: str) -> Path:
-    """The local path of a dataset, for the code of a run.
-
-    In a run started with ``--dataset pets:2``, ``mlops.dataset("pets")`` is that version's
-    path. Otherwise ``name`` (``"pets"`` or ``"pets:2"``) is looked up in the registry and,
-    inside a run, recorded as one of its inputs.
-    """
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"mlops.dataset takes a dataset name such as 'pets', got {name!r}")
-    given = json.loads(os.environ.get(ENV_DATASETS) or "{}")
-    base, _, version = name.partition(":")
-    entry = given.get(base)
-    if entry is not None and version in ("", "latest", str(entry["version"])):
-        return Path(entry["path"])
-    from ..tracking import current_run
-    from ..workspace import workspace
-
-    ws = workspace()
-    found = DatasetRegistry(ws).get(name)
-    path = found.path
-    run = current_run()
-    if run is not None:
-        DatasetRegistry(ws).record_input(run.id, found)
-    return path

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..workspace._registry_store import RegistryStore
+from ..store import RegistryStore
 
 if TYPE_CHECKING:
-    from ..workspace import Run, Workspace
+    from ..store import Backend
 
 __all__ = ["RunDiff", "code_snapshot", "diff_runs"]
 
@@ -25,12 +25,11 @@ MISSING = "—"
 ENV_KEYS = ("python", "platform", "machine", "gpus", "cuda_visible_devices")
 
 
-def code_snapshot(run: Run) -> str:
+def code_snapshot(backend: Backend, run_id: str) -> str:
     """The code a run executed, as text ("" when none was kept)."""
-    ws = run.workspace
-    artifacts = {a["path"] for a in ws.store.artifacts(run.id)}
+    artifacts = {a["path"] for a in backend.store.artifacts(run_id)}
     if "notebook.ipynb" in artifacts:
-        with ws.artifacts.open(run.id, "notebook.ipynb") as handle:
+        with backend.artifacts.open(run_id, "notebook.ipynb") as handle:
             try:
                 notebook = json.load(handle)
             except ValueError:
@@ -42,7 +41,7 @@ def code_snapshot(run: Run) -> str:
                             if not skip & set(c.get("metadata", {}).get("tags", []))]
         return "\n\n".join(_source(c) for c in chosen).rstrip() + "\n"
     if "history.py" in artifacts:
-        with ws.artifacts.open(run.id, "history.py") as handle:
+        with backend.artifacts.open(run_id, "history.py") as handle:
             return handle.read().decode("utf-8", "replace")
     return ""
 
@@ -131,36 +130,36 @@ def _compare(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]
     return [(k, a.get(k), b.get(k)) for k in keys if not _same(a.get(k), b.get(k))]
 
 
-def diff_runs(ws: Workspace, run_a: Run | str, run_b: Run | str) -> RunDiff:
-    """Compare two runs (objects, ids, names or unique prefixes)."""
-    a = ws.get_run(run_a if isinstance(run_a, str) else run_a.id)
-    b = ws.get_run(run_b if isinstance(run_b, str) else run_b.id)
-    row_a, row_b = a.info(), b.info()
-    result = RunDiff(a={"id": a.id, "name": row_a["name"]}, b={"id": b.id, "name": row_b["name"]})
+def diff_runs(backend: Backend, run_a: str, run_b: str) -> RunDiff:
+    """Compare two runs (ids, names or unique prefixes)."""
+    row_a, row_b = backend.find_run(run_a), backend.find_run(run_b)
+    a, b = row_a["id"], row_b["id"]
+    result = RunDiff(a={"id": a, "name": row_a["name"]}, b={"id": b, "name": row_b["name"]})
     result.params = _compare(row_a["params"] or {}, row_b["params"] or {})
-    result.metrics = _compare(a.metrics(), b.metrics())
+    latest = backend.store.latest_metrics_many([a, b])
+    result.metrics = _compare(latest[a], latest[b])
 
     env_a, env_b = row_a["environment"] or {}, row_b["environment"] or {}
-    for run, env in ((a, env_a), (b, env_b)):
+    for run_id, env in ((a, env_a), (b, env_b)):
         if not env:
-            result.notes.append(f"run {run.id} has no recorded environment")
+            result.notes.append(f"run {run_id} has no recorded environment")
     result.environment = _compare({k: env_a.get(k) for k in ENV_KEYS if k in env_a},
                                   {k: env_b.get(k) for k in ENV_KEYS if k in env_b})
     if env_a and env_b:
         result.packages = _compare(env_a.get("packages") or {}, env_b.get("packages") or {})
 
-    registry = RegistryStore(ws.store)
-    inputs_a = {d["name"]: f"{d['name']}:{d['version']}" for d in registry.run_inputs(a.id)}
-    inputs_b = {d["name"]: f"{d['name']}:{d['version']}" for d in registry.run_inputs(b.id)}
+    registry = RegistryStore(backend.store)
+    inputs_a = {d["name"]: f"{d['name']}:{d['version']}" for d in registry.run_inputs(a)}
+    inputs_b = {d["name"]: f"{d['name']}:{d['version']}" for d in registry.run_inputs(b)}
     result.datasets = _compare(inputs_a, inputs_b)
 
     import difflib
 
-    code_a, code_b = code_snapshot(a), code_snapshot(b)
+    code_a, code_b = code_snapshot(backend, a), code_snapshot(backend, b)
     if not code_a and not code_b:
         result.notes.append("neither run kept a code snapshot")
     result.code = [line.rstrip("\n") for line in difflib.unified_diff(
         code_a.splitlines(keepends=True), code_b.splitlines(keepends=True),
-        fromfile=f"A {a.id}", tofile=f"B {b.id}", n=2)]
+        fromfile=f"A {a}", tofile=f"B {b}", n=2)]
     return result
 

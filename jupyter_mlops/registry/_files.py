@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 import fsspec
 
+from .._format import human_bytes  # noqa: F401 - re-exported for registry modules
 from ..errors import InvalidInput, NotFound, WorkspaceError
 
 CHUNK = 4 << 20  # 4 MiB: large enough for ~1 GB/s through hashlib, small enough to not matter
@@ -395,12 +396,12 @@ def _copy_segment(source: BinaryIO, sink: BinaryIO, length: int) -> int:
 class Blobs:
     """Folders of registered files under ``<artifact root>/<area>/<name>/<uuid>/``."""
 
-    def __init__(self, ws: Any, area: str):
-        self.ws = ws
+    def __init__(self, backend: Any, area: str):
+        self.backend = backend
         self.area = area  # "models" | "datasets"
-        self.fs = ws.artifacts.fs
-        self.root = ws.artifacts.root
-        self.is_local = ws.artifacts.is_local
+        self.fs = backend.artifacts.fs
+        self.root = backend.artifacts.root
+        self.is_local = backend.artifacts.is_local
 
     def full(self, storage: str, relpath: str = "") -> str:
         base = posixpath.join(self.root, storage)
@@ -547,11 +548,3 @@ def _newest_mtime(fs: Any, folder: str) -> float:
             return time.time()
         newest = max(newest, float(stamp))
     return newest
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

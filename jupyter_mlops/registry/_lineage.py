@@ -1,7 +1,7 @@
 """Lineage: what made a model version — its run, the run's code snapshot, params,
 environment, the dataset versions it read and the sweep it was a trial of.
 
-``ws.lineage(model="mnist:3")`` returns a ``Lineage``; it shows as a small tree in a
+``backend.lineage(model="mnist:3")`` returns a ``Lineage``; it shows as a small tree in a
 notebook (HTML) and in a terminal (text), and ``to_dict()`` gives the same as data.
 """
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
-from ..workspace._registry_store import RegistryStore
-from ._files import human_bytes
+from ..store import RegistryStore
+from .._format import human_bytes
 
 if TYPE_CHECKING:
-    from ..workspace import Run, Workspace
+    from ..store import Backend
     from ._models import Model
 
 __all__ = ["Lineage", "lineage"]
@@ -146,9 +146,10 @@ def _pairs(values: dict[str, Any], limit: int = 12) -> str:
     return ", ".join(shown) + (f", … (+{more})" if more > 0 else "")
 
 
-def lineage(ws: Workspace, model: Model | str | None = None, run: Run | str | None = None
+def lineage(backend: Backend, model: Model | str | None = None, run: str | None = None
             ) -> Lineage:
-    """The lineage of a model version (``"name:version"`` or a ``Model``), or of a run."""
+    """The lineage of a model version (``"name:version"`` or a ``Model``), or of a run
+    (an id, a name or a unique prefix)."""
     from ._models import Model, ModelRegistry
 
     if (model is None) == (run is None):
@@ -156,30 +157,30 @@ def lineage(ws: Workspace, model: Model | str | None = None, run: Run | str | No
     model_info = None
     run_id = None
     if model is not None:
-        found = model if isinstance(model, Model) else ModelRegistry(ws).get(model)
+        found = model if isinstance(model, Model) else ModelRegistry(backend).get(model)
         model_info = found.info()
         run_id = found.run_id
     else:
-        run_id = ws.get_run(run if isinstance(run, str) else run.id).id
+        run_id = backend.find_run(run)["id"]
     result = Lineage(model=model_info, run=None)
     if run_id is None:
         return result
-    registry = RegistryStore(ws.store)
-    row = ws.store.get_run_row(run_id)
+    registry = RegistryStore(backend.store)
+    row = backend.store.get_run_row(run_id)
     if row is None:  # the run was removed after the model was registered
         result.run = {"id": run_id, "name": "?", "status": "missing", "experiment": "?",
                       "kind": "?"}
         return result
     result.run = {k: row[k] for k in ("id", "name", "experiment", "status", "kind", "source",
                                       "target", "created_at", "started_at", "ended_at")}
-    artifacts = {a["path"] for a in ws.store.artifacts(run_id)}
+    artifacts = {a["path"] for a in backend.store.artifacts(run_id)}
     result.code = {
         "kind": row["kind"],
         "source": row["source"],
         "artifacts": [p for p in CODE_ARTIFACTS if p in artifacts],
     }
     result.params = dict(row["params"] or {})
-    result.metrics = {k: v["value"] for k, v in ws.store.latest_metrics(run_id).items()}
+    result.metrics = {k: v["value"] for k, v in backend.store.latest_metrics(run_id).items()}
     result.environment = row["environment"]
     result.datasets = [{
         "name": d["name"], "version": d["version"], "ref": f"{d['name']}:{d['version']}",
@@ -199,6 +200,6 @@ def lineage(ws: Workspace, model: Model | str | None = None, run: Run | str | No
             "trials": spec.get("trials") or registry.sweep_trial_count(row["sweep_id"]),
         }
     if row.get("parent_id"):
-        parent = ws.store.get_run_row(row["parent_id"])
+        parent = backend.store.get_run_row(row["parent_id"])
         result.parent_run = {"id": row["parent_id"], "name": parent["name"] if parent else "?"}
     return result

@@ -1,6 +1,6 @@
 """The model registry: named, versioned, immutable sets of files that know their run.
 
-``ws.models.register("mnist", "outputs/model", run=run)`` (or ``run.register_model(...)``)
+``backend.models.register("mnist", "outputs/model", run=run)`` (or ``run.register_model(...)``)
 copies the files into the artifact store, hashes them on the way, and records version N+1.
 Versions never change afterwards: tags and aliases ("production", "staging") are labels on
 them, and deleting one is explicit and refused while an endpoint serves it.
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, InvalidInput, NotFound
-from ..workspace._artifacts import clean_relpath
-from ..workspace._registry_store import RegistryStore
+from ..store import clean_relpath
+from ..store import RegistryStore
 from ._files import (
     Blobs,
     Source,
@@ -37,13 +37,13 @@ from ._files import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..workspace import Run, Workspace
+    from ..store import Backend
     from ._lineage import Lineage
 
 __all__ = ["Model", "ModelRegistry", "endpoints_serving"]
 
 
-def endpoints_serving(ws: Workspace, name: str, version: int) -> list[str]:
+def endpoints_serving(backend: Backend, name: str, version: int) -> list[str]:
     """Names of the endpoints that currently serve model ``name`` version ``version``.
 
     The hook that keeps ``delete`` from pulling files from under a live endpoint. Serving
@@ -56,8 +56,8 @@ class Model:
     """One registered version of a model. Content fields are fixed; tags and aliases are
     read from the store on each access (another process may change them)."""
 
-    def __init__(self, workspace: Workspace, row: dict[str, Any]):
-        self.workspace = workspace
+    def __init__(self, backend: Backend, row: dict[str, Any]):
+        self.backend = backend
         self._row = row
         self.id: int = row["id"]
         self.name: str = row["name"]
@@ -79,7 +79,7 @@ class Model:
 
     @property
     def _registry(self) -> RegistryStore:
-        return RegistryStore(self.workspace.store)
+        return RegistryStore(self.backend.store)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -88,13 +88,6 @@ class Model:
     @property
     def aliases(self) -> list[str]:
         return self._registry.model_aliases(self.id)
-
-    @property
-    def run(self) -> Run | None:
-        """The run that produced this version, if it was registered from one."""
-        from ..workspace import Run
-
-        return Run(self.workspace, self.run_id) if self.run_id else None
 
     def files(self) -> list[dict[str, Any]]:
         """The stored files: ``path`` (inside the model), ``size``, ``sha256``."""
@@ -138,7 +131,7 @@ class Model:
                 "overwrite=True (CLI: --force)"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
-        blobs = Blobs(self.workspace, "models")
+        blobs = Blobs(self.backend, "models")
         files = self._registry.model_files(self.id)
         if not target.exists():
             blobs.download(self._row["storage"], files, target, self.kind)
@@ -158,7 +151,7 @@ class Model:
     def local_path(self) -> Path | None:
         """Where the files are stored, when the artifact store is a local folder (read
         them, never change them); None for remote stores — use ``download``."""
-        blobs = Blobs(self.workspace, "models")
+        blobs = Blobs(self.backend, "models")
         if not blobs.is_local:
             return None
         path = Path(blobs.full(self._row["storage"]))
@@ -167,12 +160,12 @@ class Model:
     def delete(self) -> None:
         """Delete this version (refused while an endpoint serves it). Its number is not
         reused."""
-        ModelRegistry(self.workspace).delete(self.name, self.version)
+        ModelRegistry(self.backend).delete(self.name, self.version)
 
     def lineage(self) -> Lineage:
         from ._lineage import lineage
 
-        return lineage(self.workspace, model=self)
+        return lineage(self.backend, model=self.ref)
 
     # -- display --------------------------------------------------------------------------
 
@@ -216,17 +209,21 @@ class Model:
 class ModelRegistry:
     """``ws.models``: register, list, get, label and delete model versions."""
 
-    def __init__(self, workspace: Workspace):
-        self.workspace = workspace
-        self._store = RegistryStore(workspace.store)
-        self._blobs = Blobs(workspace, "models")
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._store = RegistryStore(backend.store)
+        self._blobs = Blobs(backend, "models")
+
+    def _version(self, row: dict[str, Any]) -> Model:
+        """The object a version row is handed out as (the API facade links it to runs)."""
+        return Model(self.backend, row)
 
     def register(
         self,
         name: str,
         path: str | os.PathLike[str],
         *,
-        run: Run | str | None = None,
+        run: Any = None,
         tags: dict[str, Any] | None = None,
         description: str | None = None,
         reuse: bool = False,
@@ -257,9 +254,8 @@ class ModelRegistry:
             raise InvalidInput("description must be a string")
         run_id = None
         if run is not None:
-            run_obj = self.workspace.get_run(run) if isinstance(run, str) else run
-            run_id = run_obj.id
-            source = run_source(self.workspace, run_id, str(path))
+            run_id = self.backend.find_run(run if isinstance(run, str) else run.id)["id"]
+            source = run_source(self.backend, run_id, str(path))
         elif isinstance(path, str) and is_url(path) and not path.startswith("file://"):
             source = url_source(path, "model")
         else:
@@ -286,7 +282,7 @@ class ModelRegistry:
             raise
         if not created:
             self._blobs.remove(storage)
-        return Model(self.workspace, row)
+        return self._version(row)
 
     def list(
         self,
@@ -305,7 +301,7 @@ class ModelRegistry:
                 continue
             if alias is not None and alias not in row["aliases"]:
                 continue
-            found.append(Model(self.workspace, row))
+            found.append(self._version(row))
         return found
 
     def names(self) -> list[str]:
@@ -318,14 +314,14 @@ class ModelRegistry:
         row = self._store.model_version(name, ref)
         if row is None:
             raise NotFound(self._missing(name, ref))
-        return Model(self.workspace, row)
+        return self._version(row)
 
     def _missing(self, name: str, ref: int | str) -> str:
         versions = self._store.model_versions(name=name)
         if not versions:
             known = self._store.model_names()
             shown = ", ".join(known[:10]) or "none yet"
-            return (f"no model named {name!r} in {self.workspace.location.directory} "
+            return (f"no model named {name!r} in {self.backend.location.directory} "
                     f"(models: {shown})")
         numbers = ", ".join(str(r["version"]) for r in reversed(versions))
         if isinstance(ref, int):
@@ -356,7 +352,7 @@ class ModelRegistry:
                 f"deleting needs an explicit version number (e.g. {name}:3), not {ref!r}"
             )
         model = self.get(name, ref)
-        serving = endpoints_serving(self.workspace, name, ref)
+        serving = endpoints_serving(self.backend, name, ref)
         if serving:
             raise Conflict(
                 f"model {model.ref} is served by endpoint{'s' if len(serving) > 1 else ''} "
@@ -391,14 +387,14 @@ class ModelRegistry:
         return pd.DataFrame.from_records(records, columns=columns)
 
     def __repr__(self) -> str:
-        return f"<ModelRegistry of {self.workspace.location.directory}>"
+        return f"<ModelRegistry of {self.backend.location.directory}>"
 
     def _repr_html_(self) -> str:
         frame = self.dataframe()
         return frame.to_html(index=False) if len(frame) else "<i>no models registered yet</i>"
 
 
-def run_source(ws: Workspace, run_id: str, path: str) -> Source:
+def run_source(backend: Backend, run_id: str, path: str) -> Source:
     """A run's artifact (file or folder) as a registration source.
 
     ``model.pkl`` finds ``outputs/model.pkl`` too. While the run is still going its outputs
@@ -406,13 +402,13 @@ def run_source(ws: Workspace, run_id: str, path: str) -> Source:
     ``run.register_model(...)`` works inside a ``start_run`` block or a job.
     """
     rel = clean_relpath(path)
-    artifacts = {a["path"]: a for a in ws.store.artifacts(run_id)}
+    artifacts = {a["path"]: a for a in backend.store.artifacts(run_id)}
     candidates = [rel] if rel.startswith("outputs/") else [rel, f"outputs/{rel}"]
 
     def artifact(relpath: str, name: str) -> SourceFile:
-        local = ws.artifacts._path(run_id, relpath) if ws.artifacts.is_local else None
+        local = backend.artifacts._path(run_id, relpath) if backend.artifacts.is_local else None
         return SourceFile(name, artifacts[relpath]["size"],
-                          lambda: ws.artifacts.open(run_id, relpath), local)
+                          lambda: backend.artifacts.open(run_id, relpath), local)
 
     for cand in candidates:
         if cand in artifacts:
@@ -422,7 +418,7 @@ def run_source(ws: Workspace, run_id: str, path: str) -> Source:
         if inside:
             files = [artifact(p, p[len(cand) + 1:]) for p in inside]
             return Source("folder", cand.rsplit("/", 1)[-1], f"run:{run_id}/{cand}", files)
-    outputs = ws.location.directory / "staging" / run_id / "outputs"
+    outputs = backend.location.directory / "staging" / run_id / "outputs"
     local = outputs / rel.removeprefix("outputs/") if rel != "outputs" else outputs
     if local.exists():
         source = local_source(local, "model")

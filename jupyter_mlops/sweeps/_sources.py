@@ -10,29 +10,36 @@ from typing import Any
 import nbformat
 
 from ..errors import InvalidInput, NotFound
-from ..workspace import Workspace
+from ..store import Backend
 
 
-def sweep_source(ws: Workspace, code_or_notebook: Any, *, from_run: str | None,
+def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | None,
                  namespace: dict[str, Any] | None, swept: list[str], fixed: dict[str, Any]
                  ) -> tuple[nbformat.NotebookNode, Path | None, str, str | None]:
-    """(base notebook, folder of carried names or None, description, working directory)."""
-    from ..jobs import job_dir, read_notebook
+    """(base notebook, a temporary folder of carried names or None, description, working
+    directory). The caller removes the carried folder's parent once the sweep has it."""
+    from ..jobs import read_notebook
     from ..jobs._cell import build_job_notebook, carry, free_names
+    from ..jobs import JobSpec
+    from ..jobs._spec import CARRIED_PREFIX, INPUT_NOTEBOOK, SPEC
 
-    if from_run is not None:
-        run = ws.get_run(from_run)
-        folder = job_dir(ws, run.id)
-        if (folder / "input.ipynb").exists():
-            nb = nbformat.read(folder / "input.ipynb", as_version=4)
-        elif any(a["path"] == "notebook.ipynb" for a in run.artifacts()):
-            with ws.artifacts.open(run.id, "notebook.ipynb") as handle:
-                nb = nbformat.read(handle, as_version=4)
-        else:
-            raise NotFound(f"run {run.id} kept no notebook to sweep over")
-        _check_swept_names(nb, swept, f"run {run.id}")
-        carried = folder / "carried"
-        return nb, carried if carried.is_dir() else None, f"run {run.id}", os.getcwd()
+    if from_run is not None:  # a run id: its job's input notebook and carried names
+        artifacts = backend.artifacts
+        name = INPUT_NOTEBOOK if artifacts.exists(from_run, INPUT_NOTEBOOK) else "notebook.ipynb"
+        if not artifacts.exists(from_run, name):
+            raise NotFound(f"run {from_run} kept no notebook to sweep over")
+        with artifacts.open(from_run, name) as handle:
+            nb = nbformat.read(handle, as_version=4)
+        _check_swept_names(nb, swept, f"run {from_run}")
+        carried = JobSpec.load(backend, from_run).carried if artifacts.exists(
+            from_run, SPEC) else []
+        if not carried:
+            return nb, None, f"run {from_run}", os.getcwd()
+        staging = Path(tempfile.mkdtemp(prefix="sweep-", dir=_staging(backend)))
+        for value in carried:
+            artifacts.download(from_run, f"{CARRIED_PREFIX}{value}.pkl",
+                               staging / "carried" / f"{value}.pkl")
+        return nb, staging / "carried", f"run {from_run}", os.getcwd()
     if code_or_notebook is None:
         raise InvalidInput("a sweep needs code: a cell, a notebook, or from_run=RUN")
     if isinstance(code_or_notebook, nbformat.NotebookNode):
@@ -46,14 +53,14 @@ def sweep_source(ws: Workspace, code_or_notebook: Any, *, from_run: str | None,
     # A cell: carry what it reads, except the swept and fixed parameters.
     parameters = {**{name: None for name in swept}, **fixed}
     used = [n for n in free_names(text) if n not in parameters]
-    staging = Path(tempfile.mkdtemp(prefix="sweep-", dir=_staging(ws)))
+    staging = Path(tempfile.mkdtemp(prefix="sweep-", dir=_staging(backend)))
     plan = carry(used, namespace or {}, staging / "carried")
     nb = build_job_notebook(text, parameters, plan, [], "a %%sweep cell")
     return nb, staging / "carried", "cell", os.getcwd()
 
 
-def _staging(ws: Workspace) -> Path:
-    folder = ws.location.directory / "staging"
+def _staging(backend: Backend) -> Path:
+    folder = backend.location.directory / "staging"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -33,10 +33,12 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from .._fastimport import skip_slow_optional_imports
-from ..workspace import TERMINAL, Workspace, new_run_id, workspace
+from ..jobs import reap, submit_notebook
+from ..jobs._control import REAP_EVERY
+from ..store import TERMINAL, Backend, new_run_id
 from ._policies import Policy, parse_policy
 from ._space import Param, parse_space
-from ._sweep import SweepSpec, _link_or_copy, sweep_dir
+from ._sweep import SweepSpec, link_or_copy, sweep_dir
 
 POLL = 0.2
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,9 +78,9 @@ def make_sampler(spec: SweepSpec, space: dict[str, Param]) -> optuna.samplers.Ba
 
 
 class Controller:
-    def __init__(self, ws: Workspace, sweep_id: str):
-        self.ws, self.id = ws, sweep_id
-        row = ws.store.get_sweep_row(sweep_id)
+    def __init__(self, backend: Backend, sweep_id: str):
+        self.backend, self.id = backend, sweep_id
+        row = backend.store.get_sweep_row(sweep_id)
         if row is None:
             raise SystemExit(f"no sweep {sweep_id}")
         self.row = row
@@ -92,7 +94,7 @@ class Controller:
         self.dists: dict[str, BaseDistribution] = {}
         for param in self.space.values():
             self.dists.update(distributions(param))
-        self.folder = sweep_dir(ws, sweep_id)
+        self.folder = sweep_dir(backend, sweep_id)
         self.base = nbformat.read(self.folder / "base.ipynb", as_version=4)
         # run id -> [optuna trial or None (followed only), last metric row id, stop asked,
         #            steps already reported]
@@ -113,7 +115,7 @@ class Controller:
 
     def restore(self) -> None:
         """Tell the study every trial the store already holds."""
-        for row in self.ws.store.sweep_trials(self.id):
+        for row in self.backend.store.sweep_trials(self.id):
             self.next_number = max(self.next_number, (row["trial_number"] or 0) + 1)
             retry_of = row["tags"].get("sweep.retry_of")
             key = self._key(row["params"])
@@ -137,7 +139,7 @@ class Controller:
         return out
 
     def _intermediate(self, run_id: str) -> dict[int, float]:
-        return {s: v for _, _, s, v, _ in self.ws.store.metric_rows(run_id, key=self.spec.metric)}
+        return {s: v for _, _, s, v, _ in self.backend.store.metric_rows(run_id, key=self.spec.metric)}
 
     def _add_finished(self, row: dict[str, Any]) -> None:
         status = row["status"]
@@ -162,16 +164,19 @@ class Controller:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> str:
-        store = self.ws.store
+        store = self.backend.store
         store.update_sweep(self.id, host=socket.gethostname(), pid=os.getpid(),
                            heartbeat_at=time.time())
         store.set_sweep_status(self.id, "running", only_from=("queued",),
                                started_at=self.row["started_at"] or time.time())
         self.restore()
-        last_beat = 0.0
+        last_beat = last_reap = 0.0
         while True:
             now = time.time()
-            if now - last_beat > self.ws.config.heartbeat_interval:
+            if now - last_reap > REAP_EVERY:  # trials (and other runs) whose job is gone
+                reap(self.backend)
+                last_reap = now
+            if now - last_beat > self.backend.config.heartbeat_interval:
                 store.update_sweep(self.id, heartbeat_at=now)
                 last_beat = now
                 row = store.get_sweep_row(self.id) or {}
@@ -191,7 +196,7 @@ class Controller:
         return status
 
     def _follow_trials(self) -> None:
-        store = self.ws.store
+        store = self.backend.store
         for run_id, entry in list(self.active.items()):
             trial, last_id, stop_asked, reported = entry
             rows = store.metric_rows(run_id, key=self.spec.metric, after_id=last_id)
@@ -209,8 +214,9 @@ class Controller:
                         store.request_stop(run_id, f"pruned: {reason}")
                         entry[2] = True
             row = store.get_run_row(run_id)
-            if row is None or row["status"] not in TERMINAL:
+            if row is None or self.backend.as_read(row)["status"] not in TERMINAL:
                 continue
+            row = self.backend.as_read(row)
             del self.active[run_id]
             self._record_ending(trial, row)
 
@@ -223,7 +229,7 @@ class Controller:
             final = values[max(values)] if values else None
             if final is None or math.isnan(final):
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.ws.store.update_run(row["id"], error=(
+                self.backend.store.update_run(row["id"], error=(
                     f"the trial logged no {self.spec.metric!r}: it cannot be ranked"))
             else:
                 self.study.tell(trial, final)
@@ -252,8 +258,6 @@ class Controller:
 
     def _submit(self, params: dict[str, Any], trial: optuna.Trial | None = None,
                 retry_of: str | None = None) -> None:
-        from ..jobs import job_dir, submit_notebook
-
         if trial is None:  # a retry: the study hears about it as a new trial with these params
             self.study.enqueue_trial(self._trial_params(params))
             trial = self.study.ask()
@@ -264,13 +268,13 @@ class Controller:
         run_id = new_run_id()
         carried = self.folder / "carried"
         if carried.is_dir():
-            shutil.copytree(carried, job_dir(self.ws, run_id) / "carried",
-                            copy_function=_link_or_copy)
+            shutil.copytree(carried, self.backend.staging_dir(run_id) / "carried",
+                            copy_function=link_or_copy)
         spec = self.spec
         tags = {"sweep": self.id, **({"sweep.retry_of": retry_of} if retry_of else {})}
         try:
             submit_notebook(
-                self.ws, self.base, name=f"{self.row['name']}-{number}",
+                self.backend, self.base, name=f"{self.row['name']}-{number}",
                 experiment=self.row["experiment"], parameters={**spec.parameters, **params},
                 tags=tags, kind="trial", source=spec.source, cwd=spec.cwd,
                 timeout=spec.timeout, kernel_name=spec.kernel_name, target=spec.target,
@@ -288,11 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m jupyter_mlops.sweeps.controller SWEEP_ID", file=sys.stderr)
         return 2
-    ws = workspace()
+    backend = Backend.open()
     try:
-        status = Controller(ws, argv[0]).run()
+        status = Controller(backend, argv[0]).run()
     except BaseException:
-        ws.store.set_sweep_status(argv[0], "failed", only_from=("queued", "running"),
+        backend.store.set_sweep_status(argv[0], "failed", only_from=("queued", "running"),
                                   error="the sweep controller crashed:\n" + traceback.format_exc())
         raise
     return 0 if status == "completed" else 1

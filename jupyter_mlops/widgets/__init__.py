@@ -1,4 +1,5 @@
-"""Notebook views of the workspace: the live run widget and the runs table."""
+"""Notebook views of the workspace: the live run widget, the sweep leaderboard and the runs
+table. Each takes the ``store.Backend`` and an id, and reads the store from one thread."""
 
 from ._display import finalize, in_kernel, show_live, show_run_widget
 from ._downsample import minmax_downsample
@@ -6,5 +7,14 @@ from ._feed import RunFeed
 from ._run_widget import RunWidget
 from ._runs_table import RunsTable
 
-__all__ = ["RunFeed", "RunWidget", "RunsTable", "finalize", "in_kernel", "minmax_downsample",
-           "show_live", "show_run_widget"]
+__all__ = ["RunFeed", "RunWidget", "RunsTable", "SweepWidget", "finalize", "in_kernel",
+           "minmax_downsample", "show_live", "show_run_widget"]
+
+
+def __getattr__(name: str) -> object:
+    # The sweep view imports the sweep services (Optuna): only when a sweep is shown.
+    if name == "SweepWidget":
+        from ._sweep_widget import SweepWidget
+
+        return SweepWidget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

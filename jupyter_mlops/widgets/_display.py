@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..workspace import Run
+from ..store import Backend
 from ._run_widget import RunWidget
 
 _pending: list[tuple[Any, Any]] = []  # (a live view with .finished and .refresh(), handle)
@@ -29,9 +29,9 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def show_run_widget(run: Run) -> tuple[RunWidget, Any]:
+def show_run_widget(backend: Backend, run_id: str) -> tuple[RunWidget, Any]:
     """Display a live RunWidget; returns it and its display handle."""
-    widget = RunWidget(run)
+    widget = RunWidget(backend, run_id)
     return widget, show_live(widget)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..workspace import TERMINAL, Run
+from ..store import TERMINAL, Backend
 
 
 class Series:
@@ -60,8 +60,8 @@ class RunFeed:
 
     ARTIFACT_EVERY = 2.0  # seconds between artifact listings while the run goes
 
-    def __init__(self, run: Run, log_lines: int = 200):
-        self.run = run
+    def __init__(self, backend: Backend, run_id: str, log_lines: int = 200):
+        self.backend, self.run_id = backend, run_id
         self.row: dict[str, Any] = {}
         self.series: dict[str, Series] = {}
         self.latest: dict[str, dict[str, Any]] = {}
@@ -87,13 +87,13 @@ class RunFeed:
             return self._poll()
 
     def _poll(self) -> Changes:
-        store = self.run.workspace.store
+        store = self.backend.store
         changes = Changes()
-        row = self.run.info()  # also notices a job that died (lost)
+        row = self.backend.run_row(self.run_id)  # a job that died reads as lost
         if row != self.row:
             changes.row = True
             self.row = row
-        rows = store.metric_rows(self.run.id, after_id=self.last_metric_id)
+        rows = store.metric_rows(self.run_id, after_id=self.last_metric_id)
         if rows:
             self.rows_read += len(rows)
             self.last_metric_id = rows[-1][0]
@@ -106,7 +106,7 @@ class RunFeed:
             for key, (xs, ys) in grouped.items():
                 self.series.setdefault(key, Series()).extend(xs, ys)
             changes.metrics = set(grouped)
-        chunks = store.log_chunks(self.run.id, after_id=self.last_log_id)
+        chunks = store.log_chunks(self.run_id, after_id=self.last_log_id)
         if chunks:
             self.last_log_id = chunks[-1][0]
             text = self._partial + "".join(c[2] for c in chunks)
@@ -116,7 +116,7 @@ class RunFeed:
         now = time.monotonic()
         if changes.row and self.finished or now - self._artifacts_at > self.ARTIFACT_EVERY:
             self._artifacts_at = now
-            artifacts = store.artifacts(self.run.id)
+            artifacts = store.artifacts(self.run_id)
             if artifacts != self.artifacts:
                 self.artifacts = artifacts
                 changes.artifacts = True

@@ -18,7 +18,8 @@ from typing import Any
 import bqplot as bq
 import ipywidgets as w
 
-from ..workspace import Run
+from ..jobs import cancel_run
+from ..store import Backend
 from . import _static
 from ._downsample import minmax_downsample
 from ._feed import RunFeed
@@ -68,12 +69,13 @@ class _Chart:
 
 
 class RunWidget(w.VBox):
-    """The live view of one run. ``RunWidget(run)`` shows its whole history, then follows it."""
+    """The live view of one run: ``RunWidget(backend, run_id)`` (or ``run.widget()``) shows
+    its whole history, then follows it."""
 
-    def __init__(self, run: Run, poll_interval: float = 0.2, log_lines: int = 200,
-                 start: bool = True):
-        self.run = run
-        self.feed = RunFeed(run, log_lines=log_lines)
+    def __init__(self, backend: Backend, run_id: str, poll_interval: float = 0.2,
+                 log_lines: int = 200, start: bool = True):
+        self.backend, self.run_id = backend, run_id
+        self.feed = RunFeed(backend, run_id, log_lines=log_lines)
         self.poll_interval = poll_interval
         self.charts: dict[str, _Chart] = {}
         self._cancel = threading.Event()
@@ -114,7 +116,7 @@ class RunWidget(w.VBox):
         self._thread: threading.Thread | None = None
         if start and not self.feed.finished:
             self._thread = threading.Thread(target=self._follow, daemon=True,
-                                            name=f"mlops-widget-{run.id}")
+                                            name=f"mlops-widget-{run_id}")
             self._thread.start()
 
     @property
@@ -157,7 +159,7 @@ class RunWidget(w.VBox):
                     self.log_view.value = (f"<pre style='margin:0;font-size:12px'>"
                                            f"{html.escape(tail)}</pre>")
                     if self.full_log_button.value:
-                        self.full_log_view.value = self.run.logs()
+                        self.full_log_view.value = self._whole_log()
             self.updates += 1
 
     def _follow(self) -> None:
@@ -166,9 +168,7 @@ class RunWidget(w.VBox):
             try:
                 if self._cancel.is_set():
                     self._cancel.clear()
-                    from ..compute import get_target
-
-                    get_target(self.feed.row.get("target") or "local").cancel(self.run)
+                    cancel_run(self.backend, self.run_id)
                 self.refresh()
                 failures = 0
                 if self.feed.finished:
@@ -193,15 +193,16 @@ class RunWidget(w.VBox):
         self.cancel_button.description = "Canceling"
         self._cancel.set()
         if self._thread is None or not self._thread.is_alive():
-            from ..compute import get_target
-
-            get_target(self.feed.row.get("target") or "local").cancel(self.run)
+            cancel_run(self.backend, self.run_id)
 
     def _on_full_log(self, change: dict[str, Any]) -> None:
         shown = bool(change["new"])
         self.full_log_view.layout.display = "" if shown else "none"
         if shown:
-            self.full_log_view.value = self.run.logs()
+            self.full_log_view.value = self._whole_log()
+
+    def _whole_log(self) -> str:
+        return "".join(text for _, _, text in self.backend.store.log_chunks(self.run_id))
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class RunWidget(w.VBox):
         cell = (f" · cell {progress['cell']}/{progress['cells']}"
                 if progress and self.feed.status == "running" and row.get("kind") == "notebook"
                 else "")
-        return (f"<b>{html.escape(row.get('name', ''))}</b> <code>{self.run.id}</code> "
+        return (f"<b>{html.escape(row.get('name', ''))}</b> <code>{self.run_id}</code> "
                 f"{_static.badge(self.feed.status)} on {where} · {self.feed.elapsed()}{cell}")
 
     def _details_html(self) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from ..workspace import ACTIVE, Workspace
+from .._format import runs_frame
+from ..store import ACTIVE, Backend
 from . import _static
 
 FIRST_COLUMNS = ["name", "experiment", "status", "created", "duration_s"]
@@ -18,9 +19,9 @@ FIRST_COLUMNS = ["name", "experiment", "status", "created", "duration_s"]
 class RunsTable(w.VBox):
     """Runs newest first; pick any column to sort by. Polls while some run is active."""
 
-    def __init__(self, ws: Workspace, experiment: str | None = None, limit: int = 200,
+    def __init__(self, backend: Backend, experiment: str | None = None, limit: int = 200,
                  poll_interval: float = 1.0, start: bool = True):
-        self.ws, self.experiment, self.limit = ws, experiment, limit
+        self.backend, self.experiment, self.limit = backend, experiment, limit
         self.poll_interval = poll_interval
         self.frame = pd.DataFrame()
         self._stop = threading.Event()
@@ -48,9 +49,8 @@ class RunsTable(w.VBox):
 
     def refresh(self) -> None:
         with self._lock:
-            frame = self.ws.runs_dataframe(experiment=self.experiment)
-            if len(frame) > self.limit:
-                frame = frame.head(self.limit)
+            frame = runs_frame(self.backend.list_runs(experiment=self.experiment,
+                                                      limit=self.limit))
             self.frame = frame
             columns = list(frame.columns) if len(frame) else ["created"]
             with self.hold_sync():

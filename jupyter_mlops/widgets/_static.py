@@ -15,20 +15,15 @@ from typing import Any
 
 import numpy as np
 
-STATUS_COLOURS = {
-    "completed": "#2e7d32", "failed": "#c62828", "lost": "#c62828",
-    "canceled": "#6d4c41", "pruned": "#6d4c41",
-}
-
+from .._format import fmt_value, status_colour
 
 def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return str(value) if math.isnan(value) or math.isinf(value) else f"{value:.6g}"
-    return html.escape(str(value))
+    """A value for HTML: as ``_format.fmt_value`` writes it, escaped."""
+    return html.escape(fmt_value(value))
 
 
 def badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#1565c0")
+    colour = status_colour(status)
     return (f'<span class="mlops-badge" style="background:{colour};color:white;'
             f'padding:1px 7px;border-radius:3px;font-size:90%">{status}</span>')
 

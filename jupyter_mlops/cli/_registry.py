@@ -11,13 +11,16 @@ import argparse
 import sys
 from typing import Any
 
-from ..cli import UsageError, _Parser, dump_json, fmt_time, parse_tags, table
+from .._format import dump_json, fmt_time, human_bytes
+from .._format import text_table as table
+from .._inputs import parse_tags
+from ._common import Parser, UsageError, open_workspace
 
 
 def add_commands(sub: Any, runs_sub: Any) -> None:
     """Add ``models``, ``datasets`` and ``runs diff`` to the ``jupyter mlops`` parser."""
     models = sub.add_parser("models", help="the model registry")
-    verbs = models.add_subparsers(dest="models_command", metavar="VERB", parser_class=_Parser)
+    verbs = models.add_subparsers(dest="models_command", metavar="VERB", parser_class=Parser)
     verbs.required = True
 
     ls = verbs.add_parser("ls", help="list model versions (by name, newest first)")
@@ -65,7 +68,7 @@ def add_commands(sub: Any, runs_sub: Any) -> None:
 
     datasets = sub.add_parser("datasets", help="versioned datasets")
     dverbs = datasets.add_subparsers(dest="datasets_command", metavar="VERB",
-                                     parser_class=_Parser)
+                                     parser_class=Parser)
     dverbs.required = True
     dls = dverbs.add_parser("ls", help="list dataset versions")
     dls.add_argument("name", nargs="?")
@@ -93,23 +96,11 @@ def add_commands(sub: Any, runs_sub: Any) -> None:
     diff.set_defaults(func=cmd_runs_diff)
 
 
-def _ws() -> Any:
-    from ..workspace import workspace
-
-    return workspace()
-
-
-def _size(size: int) -> str:
-    from ._files import human_bytes
-
-    return human_bytes(size)
-
-
 # -- models ---------------------------------------------------------------------------------
 
 
 def cmd_models_ls(args: argparse.Namespace) -> int:
-    ws = _ws()
+    ws = open_workspace()
     found = ws.models.list(name=args.name, tags=parse_tags(args.tag), alias=args.alias)
     if args.json:
         print(dump_json([m.info() for m in found]))
@@ -120,7 +111,7 @@ def cmd_models_ls(args: argparse.Namespace) -> int:
         return 0
     rows = [[m.name, str(m.version), ", ".join(m._row["aliases"]),
              ", ".join(f"{k}={v}" for k, v in m._row["tags"].items())[:40],
-             str(m.file_count), _size(m.size), m.run_id or "", fmt_time(m.created_at)]
+             str(m.file_count), human_bytes(m.size), m.run_id or "", fmt_time(m.created_at)]
             for m in found]
     print(table(rows, ["NAME", "VERSION", "ALIASES", "TAGS", "FILES", "SIZE", "RUN", "CREATED"]))
     return 0
@@ -130,7 +121,7 @@ def format_model(model: Any) -> str:
     info = model.info()
     lines = [f"Model {model.ref}",
              f"  sha256      {model.sha256}",
-             f"  files       {model.file_count} ({_size(model.size)}), {model.kind} "
+             f"  files       {model.file_count} ({human_bytes(model.size)}), {model.kind} "
              f"{model.root_name!r}",
              f"  source      {model.source}",
              f"  run         {model.run_id or ''}",
@@ -143,7 +134,7 @@ def format_model(model: Any) -> str:
         lines += [f"  {k} = {v}" for k, v in info["tags"].items()]
     files = model.files()
     lines.append("\nfiles:")
-    lines += [f"  {f['path']}  {_size(f['size'])}  {f['sha256'][:12]}" for f in files[:50]]
+    lines += [f"  {f['path']}  {human_bytes(f['size'])}  {f['sha256'][:12]}" for f in files[:50]]
     if len(files) > 50:
         lines.append(f"  ... and {len(files) - 50} more")
     lines.append("\nlineage:")
@@ -152,7 +143,7 @@ def format_model(model: Any) -> str:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    model = _ws().models.get(args.model)
+    model = open_workspace().models.get(args.model)
     if args.json:
         print(dump_json({**model.info(), "files": model.files(),
                          "lineage": model.lineage().to_dict()}))
@@ -162,9 +153,9 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_download(args: argparse.Namespace) -> int:
-    model = _ws().models.get(args.model)
+    model = open_workspace().models.get(args.model)
     path = model.download(args.dest, overwrite=args.force)
-    print(f"{model.ref} ({model.file_count} files, {_size(model.size)}) → {path}",
+    print(f"{model.ref} ({model.file_count} files, {human_bytes(model.size)}) → {path}",
           file=sys.stderr)
     print(path)
     return 0
@@ -174,7 +165,7 @@ def cmd_models_tag(args: argparse.Namespace) -> int:
     if not (args.tags or args.remove or args.alias or args.remove_alias):
         raise UsageError("models tag needs KEY=VALUE, --remove KEY, --alias A or "
                          "--remove-alias A")
-    model = _ws().models.get(args.model)
+    model = open_workspace().models.get(args.model)
     model.set_tags(parse_tags(args.tags), remove=args.remove)
     for alias in args.remove_alias:
         model.remove_alias(alias)
@@ -186,18 +177,18 @@ def cmd_models_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_models_register(args: argparse.Namespace) -> int:
-    model = _ws().models.register(args.name, args.path, run=args.run, tags=parse_tags(args.tag),
+    model = open_workspace().models.register(args.name, args.path, run=args.run, tags=parse_tags(args.tag),
                                   description=args.description, reuse=args.reuse)
     if args.json:
         print(dump_json(model.info()))
     else:
-        print(f"registered {model.ref} ({model.file_count} files, {_size(model.size)}, "
+        print(f"registered {model.ref} ({model.file_count} files, {human_bytes(model.size)}, "
               f"sha256 {model.sha256[:12]})")
     return 0
 
 
 def cmd_models_delete(args: argparse.Namespace) -> int:
-    ws = _ws()
+    ws = open_workspace()
     model = ws.models.get(args.model)
     ws.models.delete(args.model)
     print(f"deleted {model.ref}")
@@ -208,7 +199,7 @@ def cmd_models_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_ls(args: argparse.Namespace) -> int:
-    ws = _ws()
+    ws = open_workspace()
     found = ws.datasets.list(name=args.name)
     if args.json:
         print(dump_json([d.info() for d in found]))
@@ -219,7 +210,7 @@ def cmd_datasets_ls(args: argparse.Namespace) -> int:
     rows = []
     for d in found:
         tables = d.profile.get("tables") or {}
-        rows.append([d.name, str(d.version), str(d.file_count), _size(d.size),
+        rows.append([d.name, str(d.version), str(d.file_count), human_bytes(d.size),
                      str(sum(t.get("rows", 0) for t in tables.values())) if tables else "",
                      ("snapshot of " if d.copied else "") + d.uri, fmt_time(d.created_at)])
     print(table(rows, ["NAME", "VERSION", "FILES", "SIZE", "ROWS", "LOCATION", "CREATED"]))
@@ -231,7 +222,7 @@ def format_dataset(ds: Any) -> str:
              f"  location    {ds.uri}" + ("  (snapshot kept in the artifact store)"
                                            if ds.copied else "  (reference)"),
              f"  sha256      {ds.sha256}",
-             f"  files       {ds.file_count} ({_size(ds.size)}), {ds.kind}",
+             f"  files       {ds.file_count} ({human_bytes(ds.size)}), {ds.kind}",
              f"  created     {fmt_time(ds.created_at)}"]
     if ds.description:
         lines.append(f"  description {ds.description}")
@@ -258,7 +249,7 @@ def format_dataset(ds: Any) -> str:
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
-    ds = _ws().datasets.get(args.dataset)
+    ds = open_workspace().datasets.get(args.dataset)
     if args.json:
         print(dump_json({**ds.info(), "runs": [r.id for r in ds.runs()]}))
     else:
@@ -267,7 +258,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_register(args: argparse.Namespace) -> int:
-    ws = _ws()
+    ws = open_workspace()
     before = ws.datasets.list(name=args.name)
     ds = ws.datasets.register(args.name, args.path, description=args.description,
                               tags=parse_tags(args.tag), copy=args.copy, profile=args.profile)
@@ -275,7 +266,7 @@ def cmd_datasets_register(args: argparse.Namespace) -> int:
     if args.json:
         print(dump_json({**ds.info(), "created": created}))
     elif created:
-        print(f"registered {ds.ref} ({ds.file_count} files, {_size(ds.size)}, "
+        print(f"registered {ds.ref} ({ds.file_count} files, {human_bytes(ds.size)}, "
               f"sha256 {ds.sha256[:12]})")
     else:
         print(f"unchanged: {ds.ref} already has this content (sha256 {ds.sha256[:12]})")
@@ -286,6 +277,6 @@ def cmd_datasets_register(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_diff(args: argparse.Namespace) -> int:
-    diff = _ws().diff_runs(args.run_a, args.run_b)
+    diff = open_workspace().diff_runs(args.run_a, args.run_b)
     print(dump_json(diff.to_dict()) if args.json else diff.text())
     return 0

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from jupyter_mlops.workspace._schema import metadata
+from jupyter_mlops.store._schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

@@ -13,6 +13,7 @@ import fcntl
 import math
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
@@ -31,6 +32,11 @@ ACTIVE = ("queued", "starting", "running")
 ALL_STATUSES = (*ACTIVE, *TERMINAL)
 
 MetricRow = tuple[str, int, float, float]  # key, step, value, wall_time
+
+
+def new_run_id() -> str:
+    """A new run id: 12 hex digits of a random UUID."""
+    return uuid.uuid4().hex[:12]
 
 
 def _make_engine(url: str, busy_timeout: float) -> Engine:
@@ -206,6 +212,13 @@ class Store:
                 )
             )
 
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run that never started (its submission failed half-way), with its rows."""
+        with self.write() as conn:
+            for table in (t.artifacts, t.metrics, t.logs, t.run_inputs):
+                conn.execute(table.delete().where(table.c.run_id == run_id))
+            conn.execute(t.runs.delete().where(t.runs.c.id == run_id))
+
     def update_run(self, run_id: str, **fields: Any) -> None:
         with self.write() as conn:
             conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**fields))
@@ -311,8 +324,10 @@ class Store:
         tags: dict[str, Any] | None = None,
         parent_id: str | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        query = self._run_query().order_by(t.runs.c.created_at.desc())
+        """Run rows, newest first, filtered and paged in SQL (one query)."""
+        query = self._run_query().order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc())
         if experiment is not None:
             query = query.where(t.experiments.c.name == experiment)
         if status is not None:
@@ -320,11 +335,30 @@ class Store:
             query = query.where(t.runs.c.status.in_(statuses))
         if parent_id is not None:
             query = query.where(t.runs.c.parent_id == parent_id)
+        for key, value in (tags or {}).items():
+            # JSON path access works on SQLite (json_extract) and PostgreSQL (->>) alike.
+            query = query.where(t.runs.c.tags[str(key)].as_string() == str(value))
+        if limit is not None:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         with self.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
-        if tags:  # JSON filtering differs per database; the list is small, filter here.
-            rows = [r for r in rows if all(r["tags"].get(k) == v for k, v in tags.items())]
-        return rows[:limit] if limit else rows
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def latest_metrics_many(self, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The latest value of every metric of each run: ``{run_id: {key: value}}``, in one
+        query however many runs (for listings)."""
+        if not run_ids:
+            return {}
+        m = t.metrics
+        newest = (sa.select(sa.func.max(m.c.id)).where(m.c.run_id.in_(list(run_ids)))
+                  .group_by(m.c.run_id, m.c.key))
+        query = sa.select(m.c.run_id, m.c.key, m.c.value).where(m.c.id.in_(newest)).order_by(m.c.id)
+        found: dict[str, dict[str, float]] = {run_id: {} for run_id in run_ids}
+        with self.read() as conn:
+            for run_id, key, value in conn.execute(query):
+                found[run_id][key] = _nan_if_null(value)
+        return found
 
     # -- sweeps ---------------------------------------------------------------------------
 
@@ -362,10 +396,13 @@ class Store:
         """Sweeps whose id is ``ref``, else the newest of that name, else by prefix."""
         return self._find_by_ref(self._sweep_query(), t.sweeps, ref)
 
-    def list_sweeps(self, experiment: str | None = None) -> list[dict[str, Any]]:
+    def list_sweeps(self, experiment: str | None = None,
+                    status: Sequence[str] | None = None) -> list[dict[str, Any]]:
         query = self._sweep_query().order_by(t.sweeps.c.created_at.desc())
         if experiment is not None:
             query = query.where(t.experiments.c.name == experiment)
+        if status is not None:
+            query = query.where(t.sweeps.c.status.in_(list(status)))
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -433,6 +470,28 @@ class Store:
                 key: {"value": _nan_if_null(value), "step": step, "wall_time": wall}
                 for key, step, value, wall in conn.execute(query)
             }
+
+    def metric_summaries(self, run_ids: Sequence[str], key: str) -> dict[str, dict[str, Any]]:
+        """For each run that logged ``key``: its ``last`` value and ``last_step`` (the newest
+        point) and the ``max`` and ``min`` of its values (NaN left out). Two queries however
+        long the histories (a sweep's leaderboard asks this every second)."""
+        if not run_ids:
+            return {}
+        m = t.metrics
+        grouped = (sa.select(m.c.run_id, sa.func.max(m.c.id), sa.func.max(m.c.value),
+                             sa.func.min(m.c.value))
+                   .where(m.c.run_id.in_(list(run_ids)), m.c.key == key)
+                   .group_by(m.c.run_id))
+        with self.read() as conn:
+            found = {run_id: {"id": newest, "max": _nan_if_null(hi), "min": _nan_if_null(lo)}
+                     for run_id, newest, hi, lo in conn.execute(grouped)}
+            newest = [entry["id"] for entry in found.values()]
+            last = {i: (step, value) for i, step, value in conn.execute(
+                sa.select(m.c.id, m.c.step, m.c.value).where(m.c.id.in_(newest)))}
+        for entry in found.values():
+            step, value = last[entry.pop("id")]
+            entry["last_step"], entry["last"] = int(step), _nan_if_null(value)
+        return found
 
     def metric_rows(
         self, run_id: str, key: str | None = None, after_id: int = 0, limit: int | None = None

@@ -13,8 +13,9 @@ from typing import Any
 import bqplot as bq
 import ipywidgets as w
 
-from ..widgets import _static
-from ._sweep import Sweep, SweepSpec
+from ..store import TERMINAL, Backend
+from ..sweeps import SweepSpec, progress, summary_lines, sweep_row, trial_rows
+from . import _static
 
 
 def _numeric(values: list[Any]) -> tuple[list[float], list[str] | None]:
@@ -26,10 +27,15 @@ def _numeric(values: list[Any]) -> tuple[list[float], list[str] | None]:
 
 
 class SweepWidget(w.VBox):
-    def __init__(self, sweep: Sweep, poll_interval: float = 1.0, start: bool = True):
-        self.sweep = sweep
+    """The live leaderboard of a sweep: ``SweepWidget(backend, sweep_id)`` or
+    ``sweep.widget()``."""
+
+    def __init__(self, backend: Backend, sweep_id: str, poll_interval: float = 1.0,
+                 start: bool = True):
+        self.backend, self.sweep_id = backend, sweep_id
         self.poll_interval = poll_interval
-        self.spec: SweepSpec = sweep.spec
+        self.info = sweep_row(backend, sweep_id)
+        self.spec: SweepSpec = SweepSpec(**self.info["spec"])
         self.rows: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -69,22 +75,22 @@ class SweepWidget(w.VBox):
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "canceled", "lost")
+        return self.status in TERMINAL
 
     def refresh(self) -> None:
         with self._lock:
-            info = self.sweep.info()
+            info = self.info = sweep_row(self.backend, self.sweep_id)
             self.status = info["status"]
-            self.rows = self.sweep.trial_rows()
-            progress = self.sweep.progress()
+            self.rows = trial_rows(self.backend, self.sweep_id, self.spec)
+            counts = progress(self.rows, self.spec.trials)
             with self.hold_sync():
                 self.header_view.value = (
                     f"<b>{html.escape(info['name'])}</b> <code>{info['id']}</code> "
                     f"{_static.badge(info['status'])} · {self.spec.goal} "
-                    f"{html.escape(self.spec.metric)} · {progress['done']} done, "
-                    f"{progress['running']} running, {progress['pruned']} pruned, "
-                    f"{progress['failed']} failed of {progress['total']}")
-                self.bar.value = progress["done"] + progress["pruned"] + progress["failed"]
+                    f"{html.escape(self.spec.metric)} · {counts['done']} done, "
+                    f"{counts['running']} running, {counts['pruned']} pruned, "
+                    f"{counts['failed']} failed of {counts['total']}")
+                self.bar.value = counts["done"] + counts["pruned"] + counts["failed"]
                 self.board.value = self.leaderboard_html()
                 scored = [r for r in self.rows if r["final"] is not None
                           and not math.isnan(r["final"])]
@@ -139,13 +145,12 @@ class SweepWidget(w.VBox):
                 return
 
     def _open_trial(self, _button: Any) -> None:
-        from ..widgets import RunWidget
-        from ..workspace import Run
+        from ._run_widget import RunWidget
 
         if self.trial_picker.value:
             self.trial_output.clear_output()
             self.trial_output.append_display_data(
-                RunWidget(Run(self.sweep.workspace, self.trial_picker.value)))
+                RunWidget(self.backend, self.trial_picker.value))
 
     def stop(self) -> None:
         self._stop.set()
@@ -178,5 +183,8 @@ class SweepWidget(w.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = super()._repr_mimebundle_(**kwargs) or {}
         bundle["text/html"] = self.static_html()
-        bundle["text/plain"] = "\n".join(self.sweep.summary_lines())
+        bundle["text/plain"] = self.summary_text()
         return bundle
+
+    def summary_text(self) -> str:
+        return "\n".join(summary_lines(self.info, self.rows, self.spec))

@@ -72,6 +72,9 @@ class ArtifactStore:
 
         return self.put_stream(run_id, relpath, io.BytesIO(data))
 
+    def exists(self, run_id: str, relpath: str) -> bool:
+        return bool(self.fs.exists(self._path(run_id, relpath)))
+
     def open(self, run_id: str, relpath: str) -> BinaryIO:
         path = self._path(run_id, relpath)
         if not self.fs.exists(path):

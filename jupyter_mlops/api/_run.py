@@ -1,23 +1,23 @@
 """``Run``: a handle on one run that reads its state from the store on every access.
 
 A Run never caches status or metrics: the job writes them from another process, so the only
-truthful answer is the store's current one. Reading is also where a dead job is noticed:
-a run whose heartbeat went stale (or whose process on this host is gone) is marked ``lost``.
+truthful answer is the store's current one. Reading never writes: a run whose job stopped
+beating its heartbeat *reads* as ``lost`` (see ``store._liveness``); storing that ending and
+cleaning up is the reaper's work (``jobs.reap``), in the processes that own jobs.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import os
-import socket
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .._processes import kill_tree, process_gone
+from .._format import fmt_value, run_text, status_colour
 from ..errors import NotFound, RunFailed
-from ._store import ACTIVE, TERMINAL
+from ..store import TERMINAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,48 +25,25 @@ if TYPE_CHECKING:
     from ..registry import Dataset, Model
     from ._workspace import Workspace
 
-HOSTNAME = socket.gethostname()
-
 
 class Run:
-    """A tracked run. Attributes are read from the workspace store each time."""
+    """A tracked run. Attributes are read from the workspace store each time.
 
-    def __init__(self, workspace: Workspace, run_id: str):
+    A Run that came from a listing (``ws.runs()``) also carries ``snapshot``: its
+    ``to_dict()`` as the listing read it, so a table of many runs costs a constant number
+    of queries. Properties still read fresh.
+    """
+
+    def __init__(self, workspace: Workspace, run_id: str,
+                 snapshot: dict[str, Any] | None = None):
         self.workspace = workspace
         self.id = run_id
+        self.snapshot = snapshot
 
     # -- state ----------------------------------------------------------------------------
 
     def _row(self) -> dict[str, Any]:
-        row = self.workspace.store.get_run_row(self.id)
-        if row is None:
-            raise NotFound(f"no run with id {self.id!r} in {self.workspace.location.directory}")
-        if row["status"] in ("starting", "running") and self._check_lost(row):
-            row = self.workspace.store.get_run_row(self.id) or row
-        return row
-
-    def _check_lost(self, row: dict[str, Any]) -> bool:
-        """Mark the run lost if its job stopped answering; True if it was marked."""
-        now = time.time()
-        reason = None
-        beat = row["heartbeat_at"] or row["started_at"] or row["created_at"]
-        if now - beat > self.workspace.config.lost_after:
-            reason = f"no heartbeat for {now - beat:.0f} s: the job process vanished"
-        elif row["host"] == HOSTNAME and row["pid"] and process_gone(row["pid"]):
-            # Re-check after a moment: the job may be writing its ending right now.
-            time.sleep(0.2)
-            fresh = self.workspace.store.get_run_row(self.id)
-            if fresh and fresh["status"] in ("starting", "running"):
-                reason = f"the job process (pid {row['pid']}) died without reporting an end"
-        if reason is None:
-            return False
-        marked = self.workspace.store.set_status(
-            self.id, "lost", only_from=("starting", "running"), error=reason
-        )
-        kernel = (row["resources"] or {}).get("kernel_pid")
-        if marked and kernel and row["host"] == HOSTNAME:
-            kill_tree(kernel)  # an orphaned kernel would keep its GPU memory
-        return marked
+        return self.workspace.backend.run_row(self.id)
 
     @property
     def name(self) -> str:
@@ -101,8 +78,16 @@ class Run:
         return self._row()["environment"]
 
     def info(self) -> dict[str, Any]:
-        """Every stored field of the run, as one dict."""
+        """Every stored field of the run, as one dict (``lost`` derived, as for ``status``)."""
         return self._row()
+
+    def to_dict(self, environment: bool = False) -> dict[str, Any]:
+        """The one JSON form of a run (CLI ``--json``, REST): its fields, latest metrics and
+        artifacts; the environment (long: every package) only when asked."""
+        row = self._row()
+        if not environment:
+            row.pop("environment", None)
+        return {**row, "metrics": self.metrics(), "artifacts": self.artifacts()}
 
     # -- metrics and logs -----------------------------------------------------------------
 
@@ -179,40 +164,72 @@ class Run:
 
     # -- control --------------------------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, poll: float = 0.2, raise_on_failure: bool = True
-             ) -> Run:
-        """Block until the run ends; raise ``RunFailed`` unless it ``completed``."""
+    def follow(self, poll: float = 0.2, logs: bool = True, timeout: float | None = None
+               ) -> Iterator[tuple[str, str]]:
+        """Follow the run to its end: yields ``("log", text)`` as output arrives and
+        ``("status", status)`` at each change, the last one terminal. The one wait loop that
+        ``wait()``, ``%%train --wait``, ``%mlops attach`` and ``jupyter mlops runs logs -f``
+        share. The status is read before the log, so nothing written before the end is
+        missed. ``TimeoutError`` after ``timeout`` seconds, if given."""
+        store, last_log, last_status = self.workspace.store, 0, None
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (status := self.status) not in TERMINAL:
+        while True:
+            status = self.status
+            if logs:
+                for chunk_id, _stream, text in store.log_chunks(self.id, after_id=last_log):
+                    last_log = chunk_id
+                    yield "log", text
+            if status != last_status:
+                last_status = status
+                yield "status", status
+            if status in TERMINAL:
+                return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} still {status} after {timeout} s")
             time.sleep(poll)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2, raise_on_failure: bool = True
+             ) -> Run:
+        """Block until the run ends; raise ``RunFailed`` unless it ``completed``."""
+        status = "queued"
+        for _, status in self.follow(poll=poll, logs=False, timeout=timeout):
+            pass
         if raise_on_failure and status != "completed":
-            detail = (self.error or "").strip().splitlines()
-            raise RunFailed(f"run {self.id} ended {status}: {detail[-1] if detail else ''}")
+            raise RunFailed(f"run {self.id} ended {status}: {self.last_error_line()}")
         return self
 
-    def cancel(self) -> None:
-        """Ask the run to stop; a queued run is canceled at once, a running one by its job."""
-        store = self.workspace.store
-        if store.set_status(self.id, "canceled", only_from=("queued",), error="canceled"):
-            return
-        if self.status in ACTIVE:
-            store.request_stop(self.id, "canceled by request")
+    def last_error_line(self) -> str:
+        """The last line of the run's error (the exception of a traceback), or a note."""
+        detail = (self.error or "").strip().splitlines()
+        return detail[-1] if detail else "no error recorded"
+
+    def cancel(self, wait: bool = False) -> None:
+        """Stop the run: a queued run is canceled at once; a running job is asked to stop
+        (its runner interrupts, then kills the kernel) and its process tree is killed if it
+        has not ended after the target's grace. ``wait=True`` blocks until it has ended."""
+        from ..jobs import cancel_run
+
+        cancel_run(self.workspace.backend, self.id, wait=wait)
 
     # -- display --------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        row = self.workspace.store.get_run_row(self.id)
-        status = row["status"] if row else "missing"
-        name = row["name"] if row else "?"
-        return f"<Run {self.id} {name!r} {status}>"
+        try:
+            row = self._row()
+        except NotFound:
+            return f"<Run {self.id} missing>"
+        return f"<Run {self.id} {row['name']!r} {row['status']}>"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Run) and other.id == self.id
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    def describe(self) -> str:
+        """Everything about the run, for a terminal (``runs show``, ``%mlops show``)."""
+        return run_text(self.to_dict(environment=True),
+                        self.workspace.store.latest_metrics(self.id))
 
     def summary_lines(self) -> list[str]:
         """Where the run went and how to follow it: the text form of the status display."""
@@ -229,16 +246,18 @@ class Run:
             lines.append(f"  cancel: %mlops cancel {row['id']}")
         metrics = self.metrics()
         if metrics:
-            lines.append("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+            lines.append("  metrics: " + ", ".join(f"{k}={fmt_value(v)}"
+                                                   for k, v in metrics.items()))
         if row["error"] and row["status"] != "completed":
             lines.append("  error: " + row["error"].strip().splitlines()[-1])
         return lines
 
-    def widget(self) -> Any:
-        """A live ``RunWidget`` of this run (display it, or let the notebook show it)."""
+    def widget(self, **options: Any) -> Any:
+        """A live ``RunWidget`` of this run (display it, or let the notebook show it);
+        ``options`` go to ``RunWidget`` (``poll_interval``, ``log_lines``, ``start``)."""
         from ..widgets import RunWidget
 
-        return RunWidget(self)
+        return RunWidget(self.workspace.backend, self.id, **options)
 
     def _ipython_display_(self) -> None:
         # In a notebook a run shows as its live widget; in a terminal as its summary.
@@ -247,7 +266,7 @@ class Run:
         from ..widgets import in_kernel, show_run_widget
 
         if in_kernel():
-            show_run_widget(self)
+            show_run_widget(self.workspace.backend, self.id)
         else:
             print("\n".join(self.summary_lines()))
 
@@ -256,8 +275,7 @@ class Run:
 
     def _repr_html_(self) -> str:
         row = self._row()
-        colour = {"completed": "#2e7d32", "failed": "#c62828", "lost": "#c62828",
-                  "canceled": "#6d4c41", "pruned": "#6d4c41"}.get(row["status"], "#1565c0")
+        colour = status_colour(row["status"])
         badge = (f'<span style="background:{colour};color:white;padding:1px 6px;'
                  f'border-radius:3px">{row["status"]}</span>')
         lines = self.summary_lines()
@@ -269,8 +287,3 @@ class Run:
             f"{html.escape(row['experiment'])}{rest}</div>"
         )
 
-
-def _fmt(value: float) -> str:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
-    return f"{value:.6g}"

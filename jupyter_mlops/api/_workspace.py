@@ -1,0 +1,361 @@
+"""``Workspace``: the facade users hold. It composes the services over one ``Backend``.
+
+The magics, the CLI and (later) the REST server call only this: one write path
+(``submit``, ``Run.cancel``, ``sweep``, ``gate``), one JSON form per object (``to_dict``).
+Services below it receive the ``Backend``, never the facade.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._format import fmt_value, runs_frame
+from .._inputs import check_name, check_params, check_tags, check_timeout, parse_datasets
+from ..errors import InvalidInput, NotFound
+from ..store import (
+    ALL_STATUSES,
+    ENV_RUN_ID,
+    Backend,
+    WorkspaceConfig,
+    WorkspaceLocation,
+    load_config,
+    resolve_location,
+)
+from ._run import Run
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..registry import DatasetRegistry, Lineage, RunDiff
+    from ._registry import ModelRegistry
+    from ._sweep import Sweep
+
+_cache: dict[WorkspaceLocation, Workspace] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What ``ws.gate`` judged: ``passed``, the ``value`` and a one-line ``message``."""
+
+    passed: bool
+    metric: str
+    value: float
+    run_id: str
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+class Workspace:
+    """A database plus an artifact store. Get one with ``jupyter_mlops.workspace()``."""
+
+    def __init__(self, location: WorkspaceLocation, config: WorkspaceConfig | None = None):
+        self.backend = Backend(location, config)
+
+    @property
+    def location(self) -> WorkspaceLocation:
+        return self.backend.location
+
+    @property
+    def config(self) -> WorkspaceConfig:
+        return self.backend.config
+
+    @property
+    def store(self) -> Any:
+        """The SQL store (``store.Store``): for tools and tests that need raw rows."""
+        return self.backend.store
+
+    @property
+    def artifacts(self) -> Any:
+        return self.backend.artifacts
+
+    def __repr__(self) -> str:
+        return f"<Workspace {self.location.directory}>"
+
+    # -- writing: runs --------------------------------------------------------------------
+
+    def submit(
+        self,
+        code_or_notebook: str | os.PathLike[str] | Any,
+        *,
+        params: dict[str, Any] | None = None,
+        name: str | None = None,
+        experiment: str | None = None,
+        tags: dict[str, Any] | None = None,
+        target: str = "local",
+        gpus: int = 0,
+        datasets: list[str] | list[dict[str, Any]] | None = None,
+        outputs: list[str] | None = None,
+        timeout: float | None = None,
+        namespace: dict[str, Any] | None = None,
+        kernel: str | None = None,
+        parent: str | None = None,
+        history: list[str] | None = None,
+        origin: str = "",
+        max_carry_bytes: int | None = None,
+    ) -> Run:
+        """Run a notebook (a path ending ``.ipynb`` or a notebook node) or a cell's code as
+        a tracked job on ``target``; returns the ``queued`` Run at once.
+
+        This is what ``%%train``, ``jupyter mlops run`` and every other surface call. A
+        cell's code reads names from ``namespace`` (the notebook's variables), which are
+        carried to the job; ``outputs`` come back with ``Run.outputs()``. A notebook gets
+        ``params`` papermill-style. Nothing is stored when the input is refused.
+        """
+        from ..jobs import read_notebook, submit_cell, submit_notebook
+
+        params = check_params(params or {})
+        tags = check_tags(tags or {})
+        timeout = check_timeout(timeout)
+        pinned = parse_datasets(datasets or [])
+        parent = parent if parent is not None else os.environ.get(ENV_RUN_ID) or None
+        notebook, path = self._as_notebook(code_or_notebook, read_notebook)
+        if notebook is not None:
+            if outputs:
+                raise InvalidInput("outputs= applies to a cell's code; a notebook run keeps "
+                                   "its files under mlops.outputs_dir()")
+            stem = path.stem if path is not None else "notebook"
+            run_id = submit_notebook(
+                self.backend, notebook, name=check_name(name or stem, "run name"),
+                experiment=check_name(experiment or "Default", "experiment name"),
+                parameters=params, tags=tags, kind="notebook",
+                source=str(path) if path is not None else None,
+                cwd=str(path.parent) if path is not None else os.getcwd(),
+                timeout=timeout, kernel_name=kernel, target=target, gpus=gpus,
+                parent_id=parent, datasets=pinned)
+            return Run(self, run_id)
+        code = str(code_or_notebook)
+        run_id = submit_cell(
+            self.backend, code, namespace=namespace or {}, parameters=params,
+            name=check_name(name or "cell", "run name"),
+            experiment=check_name(experiment or "Default", "experiment name"),
+            tags=tags, target=target, gpus=gpus, outputs=list(outputs or []),
+            timeout=timeout, datasets=pinned, history=history, origin=origin,
+            parent_id=parent, **({"max_carry_bytes": max_carry_bytes}
+                                 if max_carry_bytes is not None else {}))
+        return Run(self, run_id)
+
+    @staticmethod
+    def _as_notebook(source: Any, read_notebook: Any) -> tuple[Any, Path | None]:
+        """(notebook, its path) when ``source`` is a notebook, else (None, None)."""
+        if isinstance(source, os.PathLike) or (
+                isinstance(source, str) and source.endswith(".ipynb") and "\n" not in source):
+            path = Path(source).resolve()
+            return read_notebook(path), path
+        if isinstance(source, dict) and "cells" in source:
+            return source, None
+        if not isinstance(source, str):
+            raise InvalidInput(f"submit takes a notebook path, a notebook or a cell's code, "
+                               f"got {type(source).__name__}")
+        return None, None
+
+    def gate(self, *, metric: str, run: str | Run | None = None, model: str | None = None,
+             min: float | None = None, max: float | None = None) -> GateResult:  # noqa: A002
+        """Judge a run's latest ``metric`` (or that of the run behind a model version)
+        against bounds: for CI pipelines (``jupyter mlops gate`` exits 1 when it fails)."""
+        if min is None and max is None:
+            raise InvalidInput("gate needs --min X or --max X")
+        if (run is None) == (model is None):
+            raise InvalidInput("gate needs --run RUN or --model NAME[:VERSION] (one of them)")
+        if model is not None:
+            found = self.models.get(model)
+            if found.run_id is None:
+                raise NotFound(f"model {found.ref} was registered from {found.source}, not "
+                               "from a run: it has no metrics to gate on")
+            judged = self.get_run(found.run_id)
+        else:
+            judged = run if isinstance(run, Run) else self.get_run(str(run))
+        metrics = judged.metrics()
+        if metric not in metrics:
+            known = ", ".join(sorted(metrics)) or "none"
+            raise NotFound(f"run {judged.id} has no metric {metric!r} (it has: {known})")
+        value = metrics[metric]
+        failures = []
+        if math.isnan(value):
+            failures.append("is NaN")
+        if min is not None and not value >= min:
+            failures.append(f"is below the minimum {fmt_value(min)}")
+        if max is not None and not value <= max:
+            failures.append(f"is above the maximum {fmt_value(max)}")
+        where = f"{metric} of run {judged.id} ({judged.name}) = {fmt_value(value)}"
+        if model is not None:
+            where = f"{metric} of model {model} (run {judged.id}) = {fmt_value(value)}"
+        message = (f"gate failed: {where} {' and '.join(failures)}" if failures
+                   else f"gate passed: {where}")
+        return GateResult(not failures, metric, value, judged.id, message)
+
+    # -- reading: runs --------------------------------------------------------------------
+
+    def get_run(self, ref: str | Run) -> Run:
+        """A run by id, by name (the newest run of that name), or by a unique prefix of
+        its id or name."""
+        if isinstance(ref, Run):
+            return ref
+        return Run(self, self.backend.find_run(ref)["id"])
+
+    def runs(
+        self,
+        experiment: str | None = None,
+        status: str | list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs, newest first, filtered by experiment, status and tags; paged in SQL with
+        ``limit`` and ``offset``. Each carries ``snapshot`` (its ``to_dict()`` without
+        artifacts, as listed), read in a constant number of queries however many runs."""
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        for s in statuses:
+            if s not in ALL_STATUSES:
+                raise InvalidInput(f"unknown status {s!r}; use one of {', '.join(ALL_STATUSES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise InvalidInput(f"limit must be a whole number >= 0, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidInput(f"offset must be a whole number >= 0, got {offset!r}")
+        rows = self.backend.list_runs(experiment=experiment, status=statuses or None,
+                                      tags=tags, limit=limit, offset=offset)
+        return [Run(self, row["id"], snapshot=row) for row in rows]
+
+    def runs_dataframe(
+        self,
+        experiment: str | None = None,
+        status: str | list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """One row per run: id, name, experiment, status, times, ``param.*``, ``tag.*`` and
+        ``metric.*`` columns (latest values) — ready to sort and compare."""
+        runs = self.runs(experiment=experiment, status=status, tags=tags, limit=limit)
+        return runs_frame([run.snapshot for run in runs])
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return self.store.experiments()
+
+    # -- registry: models, datasets, lineage ------------------------------------------------
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The model registry: ``ws.models.register/list/get``."""
+        from ._registry import ModelRegistry
+
+        return ModelRegistry(self)
+
+    @property
+    def datasets(self) -> DatasetRegistry:
+        """Versioned datasets: ``ws.datasets.register/list/get``."""
+        from ._registry import DatasetRegistry
+
+        return DatasetRegistry(self)
+
+    def lineage(self, model: Any = None, run: Any = None) -> Lineage:
+        """What made a model version (``model="mnist:3"``) or a run: run, code snapshot,
+        params, environment, dataset versions, parent sweep."""
+        from ..registry import lineage
+
+        return lineage(self.backend, model=_ref(model), run=_ref(run))
+
+    def diff_runs(self, run_a: Any, run_b: Any) -> RunDiff:
+        """Differences between two runs in params, metrics, environment, packages,
+        datasets and code."""
+        from ..registry import diff_runs
+
+        return diff_runs(self.backend, self.get_run(run_a).id, self.get_run(run_b).id)
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        code_or_notebook: str | os.PathLike[str] | Any | None = None,
+        *,
+        params: dict[str, str] | list[str],
+        metric: str,
+        goal: str = "max",
+        sampler: str = "random",
+        trials: int = 20,
+        concurrency: int = 2,
+        policy: str = "none",
+        from_run: str | None = None,
+        namespace: dict[str, Any] | None = None,
+        fixed: dict[str, Any] | None = None,
+        target: str = "local",
+        gpus: int = 0,
+        retry_failed: int = 0,
+        seed: int | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        experiment: str = "Default",
+    ) -> Sweep:
+        """Start a hyperparameter sweep; returns a ``Sweep`` at once (its controller runs
+        detached). The code is a notebook path, a notebook node, a cell's source (names it
+        reads are carried from ``namespace``), or the code of an earlier run (``from_run``)."""
+        from ..sweeps import start_sweep
+        from ._sweep import Sweep
+
+        if isinstance(params, dict):
+            space = dict(params)
+        else:
+            space = {p.partition("=")[0].strip(): p.partition("=")[2].strip() for p in params}
+        source_run = self.get_run(from_run).id if from_run is not None else None
+        sweep_id = start_sweep(
+            self.backend, code_or_notebook, space=space, metric=metric, goal=goal,
+            sampler=sampler, trials=trials, concurrency=concurrency, policy=policy,
+            from_run=source_run, namespace=namespace, fixed=check_params(fixed or {}),
+            target=target, gpus=gpus, retry_failed=retry_failed, seed=seed,
+            timeout=check_timeout(timeout),
+            name=check_name(name, "sweep name") if name is not None else None,
+            experiment=check_name(experiment, "experiment name"))
+        return Sweep(self, sweep_id)
+
+    def get_sweep(self, ref: str) -> Sweep:
+        """A sweep by id, by name (the newest of that name) or by a unique prefix."""
+        from ._sweep import Sweep
+
+        return Sweep(self, self.backend.find_sweep(ref)["id"])
+
+    def sweeps(self, experiment: str | None = None) -> list[Sweep]:
+        from ._sweep import Sweep
+
+        return [Sweep(self, r["id"]) for r in self.store.list_sweeps(experiment=experiment)]
+
+    # -- compute --------------------------------------------------------------------------
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Each target's slots and the run holding each (``%mlops targets``)."""
+        from ..compute import get_target
+
+        target = get_target("local")
+        return [{"target": target.name, "slot": s.slot.name, "held": s.held,
+                 "run_id": s.run_id} for s in target.slots(self.backend)]
+
+
+def _ref(value: Any) -> Any:
+    """A model or run given as an object becomes its reference string."""
+    if value is None or isinstance(value, str):
+        return value
+    return getattr(value, "ref", None) or getattr(value, "id", None) or value
+
+
+def workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
+    """The current workspace (see DESIGN.md for how its location is found).
+
+    The first time a process opens a workspace, the reaper looks once for runs whose job
+    is gone (after a crash or a reboot) and records their ending.
+    """
+    config = load_config()
+    location = resolve_location(path, config)
+    with _cache_lock:
+        if location not in _cache:
+            ws = Workspace(location, config)
+            from ..jobs import reap
+
+            reap(ws.backend)
+            _cache[location] = ws
+        return _cache[location]

@@ -3,8 +3,9 @@
 ``jsonschema`` (imported by nbformat, hence by papermill) optionally imports
 ``rfc3987_syntax`` to check the ``iri`` string format; that package compiles a Lark grammar
 at import, which took 1.8 s of the 2.5 s papermill import on our machines. Notebook
-validation never uses that format, so in processes we own (the CLI and the job runner —
-never the user's kernel) we tell Python the module is absent and jsonschema skips it.
+validation never uses that format, so in processes we own (the CLI, the job runner and the
+sweep controller — never the user's kernel) we tell Python the module is absent and
+jsonschema skips it.
 
 jsonschema imports more format checkers the same way, which nbformat never uses either
 (it validates without a format checker): ``rfc3986_validator`` compiles large regular
@@ -33,7 +34,11 @@ def _our_process() -> bool:
 
 
 def skip_slow_optional_imports() -> None:
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    """In our own processes only, mark the slow optional format checkers as absent.
+
+    A user's kernel that imports this package is left alone: what it can import never
+    changes because of us.
+    """
     if _our_process():
-        for name in _UNUSED_FORMAT_CHECKERS:
+        for name in ("rfc3987_syntax", *_UNUSED_FORMAT_CHECKERS):
             sys.modules.setdefault(name, None)  # type: ignore[arg-type]

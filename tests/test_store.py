@@ -216,3 +216,17 @@ def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> N
     assert store.schema_revision() == store.head_revision()
     row = store.get_run_row("old1")
     assert row["name"] == "old" and row["resources"] is None
+
+
+def test_importing_the_package_leaves_a_users_imports_alone() -> None:
+    """The import speed-up of our own processes never hides a module from a user's code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jupyter_mlops, jupyter_mlops.jobs, jupyter_mlops.sweeps\n"
+            "hidden = [n for n in ('rfc3987_syntax', 'rfc3986_validator', 'isoduration')\n"
+            "          if n in sys.modules and sys.modules[n] is None]\n"
+            "print(hidden)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api import Run, Workspace, workspace
 from .errors import (
     Conflict,
     InvalidInput,
@@ -19,7 +20,6 @@ from .errors import (
     SchemaTooNew,
     WorkspaceError,
 )
-from .api import Run, Workspace, workspace
 from .store import WorkspaceConfig
 from .tracking import (
     current_run,

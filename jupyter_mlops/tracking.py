@@ -326,7 +326,7 @@ def should_stop() -> bool:
     return active._stop
 
 
-class start_run:  # noqa: N801 - used like a function: ``with mlops.start_run(...) as run``
+class start_run:
     """Track the work inside a ``with`` block as a run of this process.
 
     The run ends ``completed``, or ``failed`` with the traceback if the block raises; in

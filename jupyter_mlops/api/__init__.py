@@ -8,9 +8,7 @@ so ``import jupyter_mlops`` in a job's kernel stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_names
 from ._run import Run
 from ._workspace import GateResult, Workspace, workspace
 
@@ -20,11 +18,4 @@ _LAZY = {"Dataset": "_registry", "DatasetRegistry": "_registry", "Model": "_regi
 __all__ = ["Dataset", "DatasetRegistry", "GateResult", "Model", "ModelRegistry", "Run",
            "Sweep", "Workspace", "workspace"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import html
 import os
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._format import fmt_value, run_text, status_colour
@@ -191,9 +191,8 @@ class Run:
     def wait(self, timeout: float | None = None, poll: float = 0.2, raise_on_failure: bool = True
              ) -> Run:
         """Block until the run ends; raise ``RunFailed`` unless it ``completed``."""
-        status = "queued"
-        for _, status in self.follow(poll=poll, logs=False, timeout=timeout):
-            pass
+        events = list(self.follow(poll=poll, logs=False, timeout=timeout))
+        status = events[-1][1]
         if raise_on_failure and status != "completed":
             raise RunFailed(f"run {self.id} ended {status}: {self.last_error_line()}")
         return self

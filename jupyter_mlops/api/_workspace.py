@@ -157,7 +157,7 @@ class Workspace:
         return None, None
 
     def gate(self, *, metric: str, run: str | Run | None = None, model: str | None = None,
-             min: float | None = None, max: float | None = None) -> GateResult:  # noqa: A002
+             min: float | None = None, max: float | None = None) -> GateResult:
         """Judge a run's latest ``metric`` (or that of the run behind a model version)
         against bounds: for CI pipelines (``jupyter mlops gate`` exits 1 when it fails)."""
         if min is None and max is None:

@@ -177,8 +177,9 @@ def cmd_models_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_models_register(args: argparse.Namespace) -> int:
-    model = open_workspace().models.register(args.name, args.path, run=args.run, tags=parse_tags(args.tag),
-                                  description=args.description, reuse=args.reuse)
+    model = open_workspace().models.register(args.name, args.path, run=args.run,
+                                             tags=parse_tags(args.tag),
+                                             description=args.description, reuse=args.reuse)
     if args.json:
         print(dump_json(model.info()))
     else:

@@ -7,10 +7,8 @@ workspace runs the reaper, which must not pay for nbformat and papermill.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .._fastimport import skip_slow_optional_imports
+from .._lazy import lazy_names
 
 skip_slow_optional_imports()  # before nbformat is imported: see _fastimport
 
@@ -28,14 +26,7 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -20,8 +20,9 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .._processes import kill_tree
 from ..compute import ClaimCanceled, get_target
@@ -206,7 +207,8 @@ def _claim_and_execute(backend: Backend, spec: JobSpec) -> str:
                         heartbeat_at=time.time())
     if spec.parent_resources is not None:
         shared = spec.parent_resources
-        backend.store.merge_run_json(spec.run_id, "resources", {**shared, "shared_with_parent": True})
+        backend.store.merge_run_json(spec.run_id, "resources",
+                                     {**shared, "shared_with_parent": True})
         return _execute_claimed(
             backend, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""})
     try:

@@ -1,7 +1,8 @@
 """Model registry, versioned datasets, lineage and run comparison.
 
-``backend.models`` and ``backend.datasets`` are the entry points; ``backend.lineage(model="mnist:3")``
-tells what made a model; ``mlops.dataset("pets")`` (in ``tracking``) gives a run its data. SQL lives in
+``ws.models`` and ``ws.datasets`` (the facade's subclasses of these) are the entry points;
+``ws.lineage(model="mnist:3")`` tells what made a model; ``mlops.dataset("pets")`` (in
+``tracking``) gives a run its data. These services receive the ``store.Backend``. SQL lives in
 ``store/_registry_store.py``; this package handles files, hashes, profiles and views.
 
 Names are imported on first use (PEP 562), so ``jupyter mlops runs ls`` and job start-up
@@ -10,8 +11,7 @@ don't pay for the registry they don't use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 _WHERE = {
     "ENV_DATASETS": "_datasets",
@@ -31,14 +31,7 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -11,9 +11,9 @@ import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._format import human_bytes
 from ..errors import InvalidInput
 from ..store import RegistryStore
-from .._format import human_bytes
 
 if TYPE_CHECKING:
     from ..store import Backend

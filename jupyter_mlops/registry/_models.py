@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, InvalidInput, NotFound
-from ..store import clean_relpath
-from ..store import RegistryStore
+from ..store import RegistryStore, clean_relpath
 from ._files import (
     Blobs,
     Source,

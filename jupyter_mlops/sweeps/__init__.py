@@ -17,8 +17,8 @@ from ._sweep import (  # noqa: E402
     resume_sweep,
     start_controller,
     start_sweep,
-    sweep_dir,
     summary_lines,
+    sweep_dir,
     sweep_row,
     trial_rows,
 )

@@ -18,9 +18,8 @@ def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | Non
                  ) -> tuple[nbformat.NotebookNode, Path | None, str, str | None]:
     """(base notebook, a temporary folder of carried names or None, description, working
     directory). The caller removes the carried folder's parent once the sweep has it."""
-    from ..jobs import read_notebook
+    from ..jobs import JobSpec, read_notebook
     from ..jobs._cell import build_job_notebook, carry, free_names
-    from ..jobs import JobSpec
     from ..jobs._spec import CARRIED_PREFIX, INPUT_NOTEBOOK, SPEC
 
     if from_run is not None:  # a run id: its job's input notebook and carried names

@@ -139,7 +139,8 @@ class Controller:
         return out
 
     def _intermediate(self, run_id: str) -> dict[int, float]:
-        return {s: v for _, _, s, v, _ in self.backend.store.metric_rows(run_id, key=self.spec.metric)}
+        rows = self.backend.store.metric_rows(run_id, key=self.spec.metric)
+        return {s: v for _, _, s, v, _ in rows}
 
     def _add_finished(self, row: dict[str, Any]) -> None:
         status = row["status"]

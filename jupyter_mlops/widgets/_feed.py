@@ -114,7 +114,7 @@ class RunFeed:
             self.log_tail.extend(complete)
             changes.log = True
         now = time.monotonic()
-        if changes.row and self.finished or now - self._artifacts_at > self.ARTIFACT_EVERY:
+        if (changes.row and self.finished) or now - self._artifacts_at > self.ARTIFACT_EVERY:
             self._artifacts_at = now
             artifacts = store.artifacts(self.run_id)
             if artifacts != self.artifacts:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from typing import Any
 
 import numpy as np
 
 from .._format import fmt_value, status_colour
+
 
 def fmt(value: Any) -> str:
     """A value for HTML: as ``_format.fmt_value`` writes it, escaped."""

@@ -7,8 +7,11 @@ batches every ``FLUSH_INTERVAL`` seconds, on ``flush()``, at the end of each not
 at the end of the run and at interpreter exit. A training loop therefore never waits for
 the database, and a bad value fails at the call that passed it, never later in the thread.
 
-Which run a call logs to: the innermost ``start_run`` block of this process, else the run
-this process was started for (a job sets ``JUPYTER_MLOPS_RUN_ID`` for its kernel).
+Which run a call logs to: the innermost ``start_run`` block of the calling thread (the
+stack is a ``contextvars`` variable, so two threads in ``start_run`` never log into each
+other's runs), else the newest ``start_run`` block still open in this process (so a helper
+thread started inside a block logs to it), else the run this process was started for (a
+job sets ``JUPYTER_MLOPS_RUN_ID`` for its kernel).
 
 This is the top of the in-run API: it hands out the facade's ``Run`` objects, so it sits
 above ``jupyter_mlops.api``; nothing below imports it.
@@ -17,6 +20,7 @@ above ``jupyter_mlops.api``; nothing below imports it.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import io
 import json
 import numbers
@@ -105,6 +109,7 @@ class MetricWriter:
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._failure: str | None = None
+        self._step_lock = threading.Lock()  # automatic steps stay unique across threads
         self._thread = threading.Thread(
             target=self._loop, name=f"mlops-writer-{run_id}", daemon=True
         )
@@ -117,10 +122,13 @@ class MetricWriter:
         if type(value) is not float:
             value = self._float(key, value)
         if step is None:
-            step = self._next_step.get(key, 0)
-        elif type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
-            step = self._step(key, step)
-        self._next_step[key] = step + 1
+            with self._step_lock:
+                step = self._next_step.get(key, 0)
+                self._next_step[key] = step + 1
+        else:
+            if type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
+                step = self._step(key, step)
+            self._next_step[key] = step + 1
         self._queue.append((key, step, value, time.time()))
 
     @staticmethod
@@ -191,7 +199,10 @@ class _Active:
         self.environment: threading.Thread | None = None
 
 
-_stack: list[_Active] = []
+# The start_run blocks of the current thread (or task), innermost last; immutable tuples.
+_stack: contextvars.ContextVar[tuple[_Active, ...]] = contextvars.ContextVar(
+    "jupyter_mlops_runs", default=())
+_open: list[_Active] = []  # every start_run block open in this process, oldest first
 _attached: _Active | None = None
 _lock = threading.RLock()
 
@@ -213,8 +224,11 @@ def _job_run() -> _Active | None:
 
 
 def _active() -> _Active:
-    if _stack:
-        return _stack[-1]
+    stack = _stack.get()
+    if stack:
+        return stack[-1]
+    if _open:
+        return _open[-1]
     found = _job_run()
     if found is None:
         raise NoActiveRun(
@@ -231,8 +245,11 @@ def staging_dir(ws: Workspace, run_id: str) -> Path:
 
 def current_run() -> Run | None:
     """The run this code logs to, or None outside any run."""
-    if _stack:
-        return _stack[-1].run
+    stack = _stack.get()
+    if stack:
+        return stack[-1].run
+    if _open:
+        return _open[-1].run
     found = _job_run()
     return found.run if found else None
 
@@ -243,12 +260,13 @@ def log(key: str, value: float, step: int | None = None) -> None:
     NaN and ±inf are kept as such. Costs about a microsecond: the point is written to the
     store by a background thread within ``FLUSH_INTERVAL``.
     """
-    (_stack[-1] if _stack else _active()).writer.log(key, value, step)
+    stack = _stack.get()
+    (stack[-1] if stack else _active()).writer.log(key, value, step)
 
 
 def flush() -> None:
     """Make every point logged so far durable in the store."""
-    for active in [*_stack, _attached]:
+    for active in [*_open, _attached]:
         if active is not None:
             active.writer.flush()
 
@@ -378,15 +396,17 @@ class start_run:
         )
         self._active.environment.start()
         with _lock:
-            _stack.append(self._active)
+            _open.append(self._active)
+        _stack.set((*_stack.get(), self._active))
         return self._active.run
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         active = self._active
         assert active is not None
         with _lock:
-            if active in _stack:
-                _stack.remove(active)
+            if active in _open:
+                _open.remove(active)
+        _stack.set(tuple(a for a in _stack.get() if a is not active))
         _end_run(active, None if exc is None else "".join(traceback.format_exception(exc)))
 
 
@@ -425,7 +445,7 @@ def _flush_after_each_cell() -> None:
 
 @atexit.register
 def _at_exit() -> None:
-    for active in reversed(list(_stack)):
+    for active in reversed(list(_open)):
         _end_run(active, "the process exited inside the run")
     if _attached is not None:
         _attached.writer.close()

@@ -152,7 +152,7 @@ def test_should_stop_follows_cancel_requests(ws) -> None:
         run.cancel()
         import jupyter_mlops.tracking as tracking
 
-        tracking._stack[-1]._stop_checked = 0.0  # skip the once-a-second rate limit
+        tracking._stack.get()[-1]._stop_checked = 0.0  # skip the once-a-second rate limit
         assert mlops.should_stop() is True
 
 

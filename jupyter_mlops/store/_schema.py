@@ -54,6 +54,9 @@ runs = sa.Table(
     sa.Column("trial_number", sa.Integer, nullable=True),
     # why a stop was requested, in words: "canceled by request", or a pruner's verdict
     sa.Column("stop_reason", sa.Text, nullable=True),
+    # listings: newest first, overall and per experiment (migration 0005)
+    sa.Index("ix_runs_created", "created_at"),
+    sa.Index("ix_runs_experiment_created", "experiment_id", "created_at"),
 )
 
 sweeps = sa.Table(
@@ -85,6 +88,7 @@ metrics = sa.Table(
     sa.Column("value", sa.Float, nullable=True),
     sa.Column("wall_time", sa.Float, nullable=False),
     sa.Index("ix_metrics_run_key", "run_id", "key", "id"),
+    sa.Index("ix_metrics_run_id", "run_id", "id"),  # a widget's poll after an id (0005)
 )
 
 logs = sa.Table(

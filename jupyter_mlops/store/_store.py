@@ -173,13 +173,20 @@ class Store:
     # -- experiments and runs -----------------------------------------------------------
 
     def experiment_id(self, conn: Connection, name: str) -> int:
-        found = conn.execute(
-            sa.select(t.experiments.c.id).where(t.experiments.c.name == name)
-        ).scalar()
+        """The id of experiment ``name``, created if new. Race-free: when another writer
+        creates the same name first, the insert's savepoint is rolled back and the row
+        re-read (SQLite's immediate transactions already serialise this)."""
+        select = sa.select(t.experiments.c.id).where(t.experiments.c.name == name)
+        found = conn.execute(select).scalar()
         if found is not None:
             return int(found)
-        result = conn.execute(t.experiments.insert().values(name=name, created_at=time.time()))
-        return int(result.inserted_primary_key[0])
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    t.experiments.insert().values(name=name, created_at=time.time()))
+                return int(result.inserted_primary_key[0])
+        except sa.exc.IntegrityError:
+            return int(conn.execute(select).scalar_one())
 
     def experiments(self) -> list[dict[str, Any]]:
         runs = t.runs
@@ -227,7 +234,10 @@ class Store:
         """Merge ``values`` into a JSON column (``params``, ``tags``, ``resources``) atomically."""
         col = t.runs.c[column]
         with self.write() as conn:
-            row = conn.execute(sa.select(col).where(t.runs.c.id == run_id)).first()
+            # SQLite: the write transaction is BEGIN IMMEDIATE; PostgreSQL: a row lock.
+            row = conn.execute(
+                sa.select(col).where(t.runs.c.id == run_id).with_for_update()
+            ).first()
             if row is None:
                 raise NotFound(f"no run with id {run_id!r}")
             merged = {**(row[0] or {}), **values}
@@ -304,18 +314,21 @@ class Store:
 
     def _find_by_ref(self, query: sa.Select, table: sa.Table, ref: str
                      ) -> list[dict[str, Any]]:
-        """Rows of ``table`` by id, else newest exact name, else id/name prefix."""
+        """Rows of ``table`` by exact id, else the newest with that exact name, else up to 50
+        whose id or name starts with ``ref``. Each step is its own indexed query, so an exact
+        name is found however many other rows share its prefix."""
+        newest_first = query.order_by(table.c.created_at.desc())
         escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(sa.or_(
-            table.c.id.like(escaped + "%", escape="\\"),
-            table.c.name.like(escaped + "%", escape="\\"),
-        )).order_by(table.c.created_at.desc())
         with self.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query.limit(50))]
-        for exact in ([r for r in rows if r["id"] == ref], [r for r in rows if r["name"] == ref]):
-            if exact:
-                return exact[:1]
-        return rows
+            for exact in (table.c.id == ref, table.c.name == ref):
+                row = conn.execute(newest_first.where(exact).limit(1)).first()
+                if row is not None:
+                    return [dict(row._mapping)]
+            prefix = newest_first.where(sa.or_(
+                table.c.id.like(escaped + "%", escape="\\"),
+                table.c.name.like(escaped + "%", escape="\\"),
+            )).limit(50)
+            return [dict(r._mapping) for r in conn.execute(prefix)]
 
     def list_runs(
         self,

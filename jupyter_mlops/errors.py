@@ -13,7 +13,11 @@ __all__ = [
     "NotFound",
     "RunFailed",
     "SchemaTooNew",
+    "WorkspaceBusy",
+    "WorkspaceCorrupt",
     "WorkspaceError",
+    "WorkspaceFull",
+    "WorkspaceReadOnly",
 ]
 
 
@@ -35,6 +39,22 @@ class Conflict(MlopsError):
 
 class WorkspaceError(MlopsError):
     """The workspace cannot be opened or written (permissions, bad URL, locked)."""
+
+
+class WorkspaceCorrupt(WorkspaceError):
+    """The database file is damaged or is not a SQLite database; it is left as it is."""
+
+
+class WorkspaceReadOnly(WorkspaceError):
+    """The database, its folder or the artifact store cannot be written by this user."""
+
+
+class WorkspaceFull(WorkspaceError):
+    """The disk holding the workspace is full; writes succeed again once space is freed."""
+
+
+class WorkspaceBusy(WorkspaceError):
+    """Another process held the database lock for longer than ``busy_timeout``."""
 
 
 class SchemaTooNew(WorkspaceError):

@@ -39,7 +39,14 @@ from typing import Any
 from ._inputs import check_name
 from .api import Run, Workspace, workspace
 from .errors import InvalidInput, MlopsError
-from .store import ENV_OUTPUTS_DIR, ENV_RUN_ID, new_run_id
+from .store import (
+    DATA_ERRORS,
+    ENV_JOB_DIR,
+    ENV_OUTPUTS_DIR,
+    ENV_RUN_ID,
+    UNWRITTEN_FILE,
+    new_run_id,
+)
 
 __all__ = [
     "current_run",
@@ -56,10 +63,20 @@ __all__ = [
 FLUSH_INTERVAL = 0.1  # seconds; the issue asks for at most 200 ms between flushes
 MAX_KEY_LENGTH = 250
 MAX_BATCH = 50_000
+MAX_STEP = 2**63 - 1  # the step column is a signed 64-bit integer
+CLOSE_ATTEMPTS = 4  # tries to store the last points when a run ends (disk full, locked)
 
 
 class NoActiveRun(MlopsError):
     """Logging was called outside any run."""
+
+
+class _Unwritten(Exception):
+    """A batch stopped part-way for a reason other than its data; ``rest`` is not stored."""
+
+    def __init__(self, rest: list[tuple[str, int, float, float]]):
+        super().__init__(len(rest))
+        self.rest = rest
 
 
 def _check_key(key: object, what: str = "metric name") -> str:
@@ -110,6 +127,9 @@ class MetricWriter:
         self._flush_lock = threading.Lock()
         self._failure: str | None = None
         self._step_lock = threading.Lock()  # automatic steps stay unique across threads
+        self.dropped: list[str] = []  # points the database refused, described
+        self.unwritten = 0  # points still queued when the writer gave up at close
+        self.unwritten_reason = ""
         self._thread = threading.Thread(
             target=self._loop, name=f"mlops-writer-{run_id}", daemon=True
         )
@@ -124,6 +144,10 @@ class MetricWriter:
         if step is None:
             with self._step_lock:
                 step = self._next_step.get(key, 0)
+                if step > MAX_STEP:
+                    raise InvalidInput(
+                        f"metric {key!r} has reached step {MAX_STEP} (the 64-bit limit): the "
+                        "next automatic step does not exist; pass step= explicitly")
                 self._next_step[key] = step + 1
         else:
             if type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
@@ -150,17 +174,50 @@ class MetricWriter:
         return step
 
     def flush(self) -> None:
-        """Write everything logged so far; returns once it is durable."""
+        """Write everything logged so far; returns once it is durable.
+
+        Raises a ``WorkspaceError`` when the store cannot take the points now (disk full,
+        read-only, locked): they stay queued, in order, for the next try.
+        """
         with self._flush_lock:  # one consumer at a time: the pops below never find it empty
             queue = self._queue
             while queue:
                 # Pop up to MAX_BATCH points at C speed (log() may append meanwhile).
                 batch = list(islice(iter(queue.popleft, None), min(len(queue), MAX_BATCH)))
                 try:
-                    self.ws.store.log_metrics(self.run_id, batch)
+                    self._write(batch)
+                except _Unwritten as stopped:
+                    queue.extendleft(reversed(stopped.rest))  # keep them for the next try
+                    raise stopped.__cause__ from None
                 except BaseException:
-                    queue.extendleft(reversed(batch))  # keep them for the next try
+                    queue.extendleft(reversed(batch))
                     raise
+
+    def _write(self, batch: list[tuple[str, int, float, float]]) -> None:
+        """Store ``batch``; when the database refuses it for a data reason, halve it until
+        only the bad points are left and drop those, with a warning naming each."""
+        pending = [batch]  # segments still to write, the next one last
+        while pending:
+            segment = pending.pop()
+            try:
+                self.ws.store.log_metrics(self.run_id, segment)
+            except DATA_ERRORS as exc:
+                if len(segment) == 1:
+                    self._drop(segment[0], exc)
+                else:
+                    half = len(segment) // 2
+                    pending += [segment[half:], segment[:half]]
+            except BaseException as exc:
+                rest = segment + [p for part in reversed(pending) for p in part]
+                raise _Unwritten(rest) from exc
+
+    def _drop(self, point: tuple[str, int, float, float], exc: BaseException) -> None:
+        key, step, value, _ = point
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        described = f"{key!r} step {step} value {value!r} ({reason})"
+        self.dropped.append(described)
+        sys.__stderr__.write(f"jupyter-mlops: run {self.run_id}: the database refused metric "
+                             f"point {described}; it was dropped, the points after it kept\n")
 
     def _loop(self) -> None:
         last_beat = 0.0
@@ -180,10 +237,32 @@ class MetricWriter:
                 self._stop.wait(1.0)
 
     def close(self) -> None:
+        """Stop the thread and store what is left, trying a few times; what still cannot be
+        stored is counted in ``unwritten`` (see ``problem``), never silently lost."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
-        self.flush()
+        for attempt in range(CLOSE_ATTEMPTS):
+            try:
+                self.flush()
+                self.unwritten, self.unwritten_reason = 0, ""
+                return
+            except Exception as exc:
+                self.unwritten, self.unwritten_reason = len(self._queue), str(exc)
+                if attempt + 1 < CLOSE_ATTEMPTS:
+                    time.sleep(0.5 * (attempt + 1))
+
+    def problem(self) -> str | None:
+        """Why some logged points are not in the store, in words; None when all are."""
+        parts = []
+        if self.unwritten:
+            parts.append(f"{self.unwritten} logged metric points could not be stored: "
+                         f"{self.unwritten_reason}")
+        if self.dropped:
+            shown = "; ".join(self.dropped[:3]) + (" ..." if len(self.dropped) > 3 else "")
+            parts.append(f"{len(self.dropped)} logged metric points were refused by the "
+                         f"database and dropped: {shown}")
+        return "\n".join(parts) or None
 
 
 class _Active:
@@ -389,8 +468,15 @@ class start_run:
         outputs.mkdir(parents=True, exist_ok=True)
         self._active = _Active(ws, run_id, outputs, owned=True)
         # Listing installed packages takes ~0.2 s: do it beside the user's code, not before.
+        def record_environment() -> None:
+            try:
+                ws.store.update_run(run_id, environment=capture_environment())
+            except MlopsError as exc:  # e.g. a full disk: the run goes on without it
+                sys.stderr.write(f"jupyter-mlops: run {run_id}: environment not recorded: "
+                                 f"{exc}\n")
+
         self._active.environment = threading.Thread(
-            target=lambda: ws.store.update_run(run_id, environment=capture_environment()),
+            target=record_environment,
             name="mlops-environment",
             daemon=True,
         )
@@ -411,21 +497,48 @@ class start_run:
 
 
 def _end_run(active: _Active, error: str | None) -> None:
+    """Store the run's last points and files, then its ending: ``completed`` only when every
+    point ``log()`` accepted is stored; otherwise ``failed``, saying how many were not and
+    why. If even the ending cannot be written, a typed error says so; the run then stays
+    active in the store and the reaper calls it lost once this process is gone."""
     ws, run_id = active.run.workspace, active.run.id
+    failure: Exception | None = None
     try:
         active.writer.close()
+        problem = active.writer.problem()
+        if problem:
+            sys.stderr.write(f"jupyter-mlops: run {run_id}: {problem}\n")
+            error = f"{error}\n{problem}" if error else problem
         ws.backend.store_outputs(run_id, active.outputs)
         if active.environment is not None:
             active.environment.join(timeout=30)
         shutil.rmtree(ws.backend.staging_dir(run_id), ignore_errors=True)
-    finally:
+    except Exception as exc:
+        failure = exc
+        error = f"{error}\nending the run failed: {exc}" if error else (
+            f"ending the run failed: {exc}")
+    try:
         if error is None:
             ws.store.set_status(run_id, "completed")
         else:
             ws.store.set_status(run_id, "failed", error=error)
+    except MlopsError as exc:
+        raise type(exc)(f"run {run_id} could not be recorded as ended "
+                        f"({(error or 'completed').strip().splitlines()[-1]}): {exc}") from None
+    if failure is not None:
+        raise failure
 
 
 _cell_hook_installed = False
+
+
+def _flush_quietly(*_: Any) -> None:
+    """After a cell: make its points durable, or say in one line why they wait (the writer
+    keeps them and retries; the run cannot end completed without them)."""
+    try:
+        flush()
+    except MlopsError as exc:
+        sys.stderr.write(f"jupyter-mlops: metric points not stored yet: {exc}\n")
 
 
 def _flush_after_each_cell() -> None:
@@ -439,16 +552,29 @@ def _flush_after_each_cell() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.events.register("post_run_cell", lambda *_: flush())
+        shell.events.register("post_run_cell", _flush_quietly)
         _cell_hook_installed = True
 
 
 @atexit.register
 def _at_exit() -> None:
     for active in reversed(list(_open)):
-        _end_run(active, "the process exited inside the run")
+        try:
+            _end_run(active, "the process exited inside the run")
+        except Exception as exc:
+            sys.__stderr__.write(f"jupyter-mlops: run {active.run.id} not ended: {exc}\n")
     if _attached is not None:
-        _attached.writer.close()
+        _close_attached(_attached)
+
+
+def _close_attached(active: _Active) -> None:
+    """End of a job's kernel: store the last points; what cannot be stored is reported in
+    the job's folder, where the runner reads it before deciding the run's ending."""
+    active.writer.close()
+    problem = active.writer.problem()
+    folder = os.environ.get(ENV_JOB_DIR)
+    if problem and folder:
+        Path(folder, UNWRITTEN_FILE).write_text(json.dumps({"problem": problem}))
 
 
 def dataset(name: str) -> Path:

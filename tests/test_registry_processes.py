@@ -3,7 +3,6 @@ registering one model name at once, and a registration killed with SIGKILL half 
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -89,7 +88,8 @@ RACE_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import jupyter_mlops as mlops
 
-    me, rounds, go, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    me, rounds, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    work, other = Path(sys.argv[4]), Path(sys.argv[5])
     ws = mlops.workspace()
     ws.models.list()  # opened and ready: say so, then wait for the start signal
     work.mkdir(parents=True, exist_ok=True)
@@ -97,11 +97,15 @@ RACE_SCRIPT = textwrap.dedent("""
     while not go.exists():
         time.sleep(0.005)
     for i in range(rounds):
+        # Round by round: both register at once, whatever the scheduler does meanwhile.
+        while i and not (other / f"done{i - 1}").exists():
+            time.sleep(0.002)
         src = work / f"round{i}"
         src.mkdir()
         (src / "who.txt").write_text(f"{me}-{i}")
         model = ws.models.register("raced", src)
         print(model.version, f"{me}-{i}", flush=True)
+        (work / f"done{i}").touch()
 """)
 
 
@@ -112,9 +116,10 @@ def test_two_processes_registering_one_name_get_distinct_consecutive_versions(
     go = tmp_path / "go"
     env = {**os.environ, "JUPYTER_MLOPS_WORKSPACE": str(ws_dir)}
     procs = [subprocess.Popen(
-        [sys.executable, "-c", RACE_SCRIPT, name, str(rounds), str(go), str(tmp_path / name)],
+        [sys.executable, "-c", RACE_SCRIPT, name, str(rounds), str(go), str(tmp_path / name),
+         str(tmp_path / other)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for name in ("A", "B")]
+        for name, other in (("A", "B"), ("B", "A"))]
     wait_until(lambda: all((tmp_path / n / "ready").exists() for n in ("A", "B"))
                or any(p.poll() is not None for p in procs), timeout=60, what="both to be ready")
     go.touch()  # both have imported and opened the workspace: start them together
@@ -128,9 +133,10 @@ def test_two_processes_registering_one_name_get_distinct_consecutive_versions(
                 assert int(version) not in claimed, f"version {version} handed out twice"
                 claimed[int(version)] = content
     assert sorted(claimed) == list(range(1, 2 * rounds + 1))  # no clash, no gap, none lost
-    # Both processes did interleave (otherwise this test would prove little).
+    # Both processes did interleave (otherwise this test would prove little): rounds are in
+    # lock-step, so each pair of versions went to one registration of each process.
     owners = [claimed[v][0] for v in sorted(claimed)]
-    assert sum(a != b for a, b in itertools.pairwise(owners)) >= 2, owners
+    assert all(sorted(owners[i:i + 2]) == ["A", "B"] for i in range(0, len(owners), 2)), owners
     models = {m.version: m for m in ws.models.list("raced")}
     assert sorted(models) == sorted(claimed)
     for version, content in claimed.items():  # each version holds what its registrant wrote

@@ -109,7 +109,7 @@ class Workspace:
         carried to the job; ``outputs`` come back with ``Run.outputs()``. A notebook gets
         ``params`` papermill-style. Nothing is stored when the input is refused.
         """
-        from ..jobs import read_notebook, submit_cell, submit_notebook
+        from ..jobs import read_notebook, submit_cell, submit_notebook, watch
 
         params = check_params(params or {})
         tags = check_tags(tags or {})
@@ -130,6 +130,7 @@ class Workspace:
                 cwd=str(path.parent) if path is not None else os.getcwd(),
                 timeout=timeout, kernel_name=kernel, target=target, gpus=gpus,
                 parent_id=parent, datasets=pinned)
+            watch(self.backend)
             return Run(self, run_id)
         code = str(code_or_notebook)
         run_id = submit_cell(
@@ -140,6 +141,7 @@ class Workspace:
             timeout=timeout, datasets=pinned, history=history, origin=origin,
             parent_id=parent, **({"max_carry_bytes": max_carry_bytes}
                                  if max_carry_bytes is not None else {}))
+        watch(self.backend)  # this process reaps while its runs are active
         return Run(self, run_id)
 
     @staticmethod
@@ -312,6 +314,9 @@ class Workspace:
             timeout=check_timeout(timeout),
             name=check_name(name, "sweep name") if name is not None else None,
             experiment=check_name(experiment, "experiment name"))
+        from ..jobs import watch
+
+        watch(self.backend)
         return Sweep(self, sweep_id)
 
     def get_sweep(self, ref: str) -> Sweep:

@@ -22,6 +22,7 @@ _WHERE = {
     "submit_notebook": "_submit",
     "cancel_run": "_control",
     "reap": "_control",
+    "watch": "_control",
 }
 
 __all__ = sorted(_WHERE)

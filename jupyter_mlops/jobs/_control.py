@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 
 from .._processes import kill_tree, started_before
 from ..errors import NotFound
 from ..store import ACTIVE, HOSTNAME, Backend, job_gone
 
 REAP_EVERY = 10.0  # seconds between two reaper passes of a long-lived process
+
+_watchers: dict[str, threading.Thread] = {}
+_poked: set[str] = set()  # workspaces given new work since their watcher last looked
+_watchers_lock = threading.Lock()
 
 
 def cancel_run(backend: Backend, run_id: str, *, wait: bool = False) -> None:
@@ -78,3 +83,38 @@ def _reap(backend: Backend) -> list[str]:
                       "resume() continues it"):
             marked.append(row["id"])
     return marked
+
+
+def watch(backend: Backend) -> None:
+    """Reap every ``REAP_EVERY`` seconds from this process while the workspace has active
+    runs or sweeps (a daemon thread, one per workspace and process, gone when nothing is
+    active). Called by the processes that submit work, so that a run whose job was killed
+    is stored ``lost`` within ``REAP_EVERY + lost_after`` even when nobody reads it."""
+    key = backend.location.database_url
+    with _watchers_lock:
+        if key in _watchers and _watchers[key].is_alive():
+            _poked.add(key)  # it must not exit on a look taken before this new work
+            return
+        thread = threading.Thread(target=_watch, args=(backend,), daemon=True,
+                                  name="mlops-reaper")
+        _watchers[key] = thread
+        thread.start()
+
+
+def _watch(backend: Backend) -> None:
+    key = backend.location.database_url
+    pause = threading.Event()
+    while True:
+        with _watchers_lock:
+            _poked.discard(key)
+        pause.wait(REAP_EVERY)
+        reap(backend)
+        try:
+            busy = (backend.store.list_runs(status=ACTIVE, limit=1)
+                    or backend.store.list_sweeps(status=ACTIVE))
+        except Exception:  # the database is away for now: look again next time
+            busy = True
+        with _watchers_lock:
+            if not busy and key not in _poked:
+                _watchers.pop(key, None)
+                return

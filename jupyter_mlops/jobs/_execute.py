@@ -26,7 +26,7 @@ from typing import Any
 
 from .._processes import kill_tree
 from ..compute import ClaimCanceled, get_target
-from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, Backend
+from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, UNWRITTEN_FILE, Backend
 from ._control import REAP_EVERY, reap
 from ._spec import JobSpec, fetch_inputs
 
@@ -361,6 +361,10 @@ def _finish(
         stored_error = "storing the run's files failed:\n" + traceback.format_exc()
     env_thread.join(timeout=30)
 
+    unwritten = outputs.parent / UNWRITTEN_FILE  # the kernel's last points, not stored
+    if unwritten.exists():
+        problem = json.loads(unwritten.read_text())["problem"]
+        error = f"{error}\n{problem}" if error else problem
     if stop_reason == "pruned":
         status, message = "pruned", stop_message  # metrics so far are kept, as for any ending
     elif stop_reason == "canceled":

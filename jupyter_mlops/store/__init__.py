@@ -11,6 +11,7 @@ from ._config import (
     ENV_JOB_DIR,
     ENV_OUTPUTS_DIR,
     ENV_RUN_ID,
+    UNWRITTEN_FILE,
     WorkspaceConfig,
     WorkspaceLocation,
     load_config,
@@ -19,17 +20,19 @@ from ._config import (
 )
 from ._liveness import HOSTNAME, as_read, job_gone, stale_heartbeat
 from ._registry_store import RegistryStore
-from ._store import ACTIVE, ALL_STATUSES, TERMINAL, Store, new_run_id
+from ._store import ACTIVE, ALL_STATUSES, DATA_ERRORS, TERMINAL, Store, database_error, new_run_id
 
 __all__ = [
     "ACTIVE",
     "ALL_STATUSES",
+    "DATA_ERRORS",
     "ENV_HEADLESS",
     "ENV_JOB_DIR",
     "ENV_OUTPUTS_DIR",
     "ENV_RUN_ID",
     "HOSTNAME",
     "TERMINAL",
+    "UNWRITTEN_FILE",
     "ArtifactStore",
     "Backend",
     "RegistryStore",
@@ -38,6 +41,7 @@ __all__ = [
     "WorkspaceLocation",
     "as_read",
     "clean_relpath",
+    "database_error",
     "job_gone",
     "load_config",
     "load_file_config",

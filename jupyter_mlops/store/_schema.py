@@ -87,6 +87,8 @@ metrics = sa.Table(
     sa.Column("step", sa.BigInteger, nullable=False),
     sa.Column("value", sa.Float, nullable=True),
     sa.Column("wall_time", sa.Float, nullable=False),
+    # 1 where value is -0.0: SQLite's REAL affinity would read it back as 0.0 (0006)
+    sa.Column("negative_zero", sa.SmallInteger, nullable=True),
     sa.Index("ix_metrics_run_key", "run_id", "key", "id"),
     sa.Index("ix_metrics_run_id", "run_id", "id"),  # a widget's poll after an id (0005)
 )

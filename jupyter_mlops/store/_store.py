@@ -23,7 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import NotFound, SchemaTooNew, WorkspaceError
+from ..errors import (
+    NotFound,
+    SchemaTooNew,
+    WorkspaceBusy,
+    WorkspaceCorrupt,
+    WorkspaceError,
+    WorkspaceFull,
+    WorkspaceReadOnly,
+)
 from . import _schema as t
 from ._config import WorkspaceConfig, WorkspaceLocation
 
@@ -73,15 +81,9 @@ class Store:
         self.config = config or WorkspaceConfig()
         if location.database_url.startswith("sqlite"):
             self._create_directory(location.directory)
-        try:
-            self.engine = _make_engine(location.database_url, self.config.busy_timeout)
+        self.engine = _make_engine(location.database_url, self.config.busy_timeout)
+        with self.translated_errors():
             self._migrate()
-        except sa.exc.OperationalError as exc:
-            raise WorkspaceError(
-                f"cannot open the workspace database {location.database_url}: "
-                f"{exc.orig}. Check that it exists and is writable, or set "
-                "JUPYTER_MLOPS_WORKSPACE to another directory."
-            ) from None
 
     # -- connection and schema ----------------------------------------------------------
 
@@ -94,7 +96,7 @@ class Store:
             with tempfile.TemporaryFile(dir=directory, prefix=".write-probe-"):
                 pass
         except OSError as exc:
-            raise WorkspaceError(
+            raise WorkspaceReadOnly(
                 f"the workspace directory {directory} is not writable ({exc.strerror}); "
                 "set JUPYTER_MLOPS_WORKSPACE to a directory you can write to"
             ) from None
@@ -102,7 +104,7 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: commits on success, rolls back on any error."""
-        with self.engine.connect() as conn:
+        with self.translated_errors(), self.engine.connect() as conn:
             conn = conn.execution_options(mlops_write=True)
             with conn.begin():
                 yield conn
@@ -110,8 +112,22 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction (a consistent snapshot under WAL)."""
-        with self.engine.connect() as conn, conn.begin():
+        with self.translated_errors(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Turn what the database or the file system says about the workspace (damaged,
+        read-only, full, locked) into one ``WorkspaceError`` line naming the file and what to
+        do. Data errors (constraint violations, bad values) pass through unchanged."""
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.DatabaseError) as exc:
+            if isinstance(exc, _DATA_ERRORS):
+                raise
+            raise database_error(self.location, exc) from None
+        except OSError as exc:
+            raise database_error(self.location, exc) from None
 
     def _migrate(self) -> None:
         """Bring the schema to the newest revision; refuse a database from the future."""
@@ -366,7 +382,8 @@ class Store:
         m = t.metrics
         newest = (sa.select(sa.func.max(m.c.id)).where(m.c.run_id.in_(list(run_ids)))
                   .group_by(m.c.run_id, m.c.key))
-        query = sa.select(m.c.run_id, m.c.key, m.c.value).where(m.c.id.in_(newest)).order_by(m.c.id)
+        query = (sa.select(m.c.run_id, m.c.key, _VALUE).where(m.c.id.in_(newest))
+                 .order_by(m.c.id))
         found: dict[str, dict[str, float]] = {run_id: {} for run_id in run_ids}
         with self.read() as conn:
             for run_id, key, value in conn.execute(query):
@@ -476,7 +493,7 @@ class Store:
             .group_by(t.metrics.c.key)
         )
         query = sa.select(
-            t.metrics.c.key, t.metrics.c.step, t.metrics.c.value, t.metrics.c.wall_time
+            t.metrics.c.key, t.metrics.c.step, _VALUE, t.metrics.c.wall_time
         ).where(t.metrics.c.id.in_(newest))
         with self.read() as conn:
             return {
@@ -500,7 +517,7 @@ class Store:
                      for run_id, newest, hi, lo in conn.execute(grouped)}
             newest = [entry["id"] for entry in found.values()]
             last = {i: (step, value) for i, step, value in conn.execute(
-                sa.select(m.c.id, m.c.step, m.c.value).where(m.c.id.in_(newest)))}
+                sa.select(m.c.id, m.c.step, _VALUE).where(m.c.id.in_(newest)))}
         for entry in found.values():
             step, value = last[entry.pop("id")]
             entry["last_step"], entry["last"] = int(step), _nan_if_null(value)
@@ -512,7 +529,7 @@ class Store:
         """Metric points in logging order, from ``after_id`` on (for incremental readers)."""
         m = t.metrics
         query = (
-            sa.select(m.c.id, m.c.key, m.c.step, m.c.value, m.c.wall_time)
+            sa.select(m.c.id, m.c.key, m.c.step, _VALUE, m.c.wall_time)
             .where(m.c.run_id == run_id, m.c.id > after_id)
             .order_by(m.c.id)
         )
@@ -576,6 +593,49 @@ class Store:
 _ROWS_PER_INSERT = 249  # 1 + 4 x 249 = 997 bound parameters: under SQLite's smallest limit, 999
 
 
+# Errors that say something about the rows written, not about the database: a writer may
+# retry the rows one by one and drop only the bad one (see tracking.MetricWriter).
+_DATA_ERRORS = (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError)
+DATA_ERRORS = (*_DATA_ERRORS, OverflowError, TypeError, ValueError)
+
+
+def database_error(location: WorkspaceLocation, exc: BaseException) -> WorkspaceError:
+    """One line for a database or file-system failure of the workspace: what happened to
+    which file, and what to do. The file is never touched to recover."""
+    where = (location.database_url.removeprefix("sqlite:///")
+             if location.database_url.startswith("sqlite") else location.database_url)
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    text = detail.lower()
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename or where
+        text = {28: "database or disk is full", 13: "readonly", 30: "readonly",
+                1: "readonly"}.get(exc.errno, text)
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return WorkspaceCorrupt(
+            f"the workspace database {where} is damaged or not a SQLite database "
+            f"({detail}); it was left untouched: restore it from a backup, or move it away "
+            "to start an empty workspace there")
+    if "disk is full" in text or "no space" in text:
+        return WorkspaceFull(
+            f"the disk holding the workspace {where} is full ({detail}); free some space and "
+            "try again (runs keep what was already stored)")
+    if "readonly" in text or "read-only" in text or "permission" in text:
+        return WorkspaceReadOnly(
+            f"the workspace {where} cannot be written by this user ({detail}); make the file "
+            "and its folder writable (chmod u+w), or set JUPYTER_MLOPS_WORKSPACE to a folder "
+            "you can write to")
+    if "locked" in text or "busy" in text:
+        return WorkspaceBusy(
+            f"the workspace database {where} stayed locked by another process ({detail}); "
+            "try again, or raise WorkspaceConfig.busy_timeout")
+    if "unable to open" in text:
+        return WorkspaceReadOnly(
+            f"cannot open the workspace database {where} ({detail}); check that its folder "
+            "exists and this user can read and write it, or set JUPYTER_MLOPS_WORKSPACE to "
+            "another folder")
+    return WorkspaceError(f"the workspace database {where} failed: {detail}")
+
+
 def _metrics_insert_sql(rows: int) -> str:
     """``INSERT`` of ``rows`` metric points; parameter 1 is the run id, then 4 per point."""
     values = ",".join(
@@ -587,6 +647,16 @@ def _metrics_insert_sql(rows: int) -> str:
 
 _INSERT_METRICS_MANY = _metrics_insert_sql(_ROWS_PER_INSERT)
 _INSERT_METRIC_ONE = _metrics_insert_sql(1)
+_INSERT_METRIC_FLAGGED = (f"INSERT INTO {t.metrics.name} "
+                          "(run_id, key, step, value, wall_time, negative_zero) "
+                          "VALUES (?, ?, ?, ?, ?, ?)")
+# A metric value as stored: -0.0 where the point is flagged (see migration 0006).
+_VALUE = sa.case((t.metrics.c.negative_zero == 1, sa.literal_column("-0.0")),
+                 else_=t.metrics.c.value).label("value")
+
+
+def _is_negative_zero(value: float) -> bool:
+    return value == 0.0 and math.copysign(1.0, value) < 0
 
 
 def _insert_metrics_sqlite(conn: Connection, run_id: str, rows: Sequence[MetricRow]) -> None:
@@ -595,6 +665,12 @@ def _insert_metrics_sqlite(conn: Connection, run_id: str, rows: Sequence[MetricR
     NaN needs no conversion here: SQLite binds a NaN double as NULL (sqlite3_bind_double).
     """
     flat = list(chain.from_iterable(rows))  # key, step, value, wall_time, key, ...
+    values = flat[2::4]
+    if 0.0 in values and any(_is_negative_zero(v) for v in values):  # rare: -0.0 logged
+        conn.exec_driver_sql(_INSERT_METRIC_FLAGGED, [
+            (run_id, key, step, value, wall, 1 if _is_negative_zero(value) else None)
+            for key, step, value, wall in rows])
+        return
     full = len(rows) - len(rows) % _ROWS_PER_INSERT
     width = 4 * _ROWS_PER_INSERT
     if full:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import Run, Workspace, workspace
+from ._lazy import lazy_names
 from .errors import (
     Conflict,
     InvalidInput,
@@ -18,25 +18,31 @@ from .errors import (
     NotFound,
     RunFailed,
     SchemaTooNew,
+    WorkspaceBusy,
+    WorkspaceCorrupt,
     WorkspaceError,
+    WorkspaceFull,
+    WorkspaceReadOnly,
 )
-from .store import WorkspaceConfig
-from .tracking import (
-    current_run,
-    dataset,
-    flush,
-    log,
-    log_image,
-    log_params,
-    outputs_dir,
-    should_stop,
-    start_run,
-)
+from .serving._entry import model_dir
+
+# Imported on first use (PEP 562), so a process that needs only a part — an endpoint's
+# worker calling model_dir(), a job's kernel before its first log() — does not pay for the
+# store (SQLAlchemy) up front.
+_LAZY = {
+    "Run": "api", "Workspace": "api", "workspace": "api", "Endpoint": "api",
+    "WorkspaceConfig": "store",
+    **{name: "tracking" for name in (
+        "current_run", "dataset", "flush", "log", "log_image", "log_params", "outputs_dir",
+        "should_stop", "start_run")},
+}
+__getattr__ = lazy_names(__name__, _LAZY)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Conflict",
+    "Endpoint",
     "InvalidInput",
     "MlopsError",
     "NotFound",
@@ -44,8 +50,12 @@ __all__ = [
     "RunFailed",
     "SchemaTooNew",
     "Workspace",
+    "WorkspaceBusy",
     "WorkspaceConfig",
+    "WorkspaceCorrupt",
     "WorkspaceError",
+    "WorkspaceFull",
+    "WorkspaceReadOnly",
     "__version__",
     "current_run",
     "dataset",
@@ -54,6 +64,7 @@ __all__ = [
     "log",
     "log_image",
     "log_params",
+    "model_dir",
     "outputs_dir",
     "should_stop",
     "start_run",
@@ -66,3 +77,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from .magics import MlopsMagics
 
     ipython.register_magics(MlopsMagics)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -12,6 +12,7 @@ from typing import Any
 STATUS_COLOURS = {
     "completed": "#2e7d32", "failed": "#c62828", "lost": "#c62828",
     "canceled": "#6d4c41", "pruned": "#6d4c41",
+    "ready": "#2e7d32", "stopped": "#6d4c41",  # endpoints
 }
 ACTIVE_COLOUR = "#1565c0"  # queued, starting, running
 
@@ -30,6 +31,13 @@ def fmt_time(ts: float | None) -> str:
 
 def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def fmt_latency(seconds: float | None) -> str:
+    """A request latency: milliseconds below a second; a dash when none was measured."""
+    if seconds is None:
+        return "–"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def fmt_duration(row: dict[str, Any]) -> str:

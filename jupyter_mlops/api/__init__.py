@@ -12,10 +12,10 @@ from .._lazy import lazy_names
 from ._run import Run
 from ._workspace import GateResult, Workspace, workspace
 
-_LAZY = {"Dataset": "_registry", "DatasetRegistry": "_registry", "Model": "_registry",
+_LAZY = {"Endpoint": "_endpoint", "ScoringError": "_endpoint", "Dataset": "_registry", "DatasetRegistry": "_registry", "Model": "_registry",
          "ModelRegistry": "_registry", "Sweep": "_sweep"}
 
-__all__ = ["Dataset", "DatasetRegistry", "GateResult", "Model", "ModelRegistry", "Run",
-           "Sweep", "Workspace", "workspace"]
+__all__ = ["Dataset", "DatasetRegistry", "Endpoint", "GateResult", "Model", "ModelRegistry", "Run",
+           "ScoringError", "Sweep", "Workspace", "workspace"]
 
 __getattr__ = lazy_names(__name__, _LAZY)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..registry import DatasetRegistry, Lineage, RunDiff
+    from ._endpoint import Endpoint
     from ._registry import ModelRegistry
     from ._sweep import Sweep
 
@@ -329,6 +330,51 @@ class Workspace:
         from ._sweep import Sweep
 
         return [Sweep(self, r["id"]) for r in self.store.list_sweeps(experiment=experiment)]
+
+    # -- serving ------------------------------------------------------------------------
+
+    def deploy(self, model: Any, entry: str | os.PathLike[str] | None = None, *,
+               entry_source: str | None = None, name: str | None = None,
+               host: str = "127.0.0.1", port: int = 0, cores: float = 1,
+               memory: str | int | None = None, replicas: int = 1, auth: bool = True,
+               wait: bool = True, timeout: float = 300.0) -> Endpoint:
+        """Serve a registered model (``"digits"``, ``"digits:3"``, ``"digits@production"``
+        or a ``Model``) over HTTP from an entry script with ``init()`` and ``run(raw_data)``
+        (a path, or ``entry_source``; default: chosen by the model's files). Deploying a
+        name that is served already swaps it, without failed requests. Returns the
+        ``Endpoint`` once it serves (``wait=False``: at once)."""
+        from ..serving import deploy, wait_served
+        from ._endpoint import Endpoint
+
+        endpoint_id, revision, key = deploy(
+            self.backend, _ref(model), entry=entry, entry_source=entry_source, name=name,
+            host=host, port=port, cores=cores, memory=memory, replicas=replicas, auth=auth)
+        if wait:
+            wait_served(self.backend, endpoint_id, revision, timeout)
+        return Endpoint(self, endpoint_id)
+
+    def endpoints(self, all: bool = False) -> list[Endpoint]:
+        """Endpoints, newest first: those starting or serving (``all=True``: every one,
+        stopped and failed included)."""
+        from ..store import ENDPOINT_ACTIVE
+        from ._endpoint import Endpoint
+
+        rows = [self.backend.endpoint_as_read(r) for r in self.backend.endpoints.list()]
+        return [Endpoint(self, r["id"]) for r in rows
+                if all or r["status"] in ENDPOINT_ACTIVE]
+
+    def get_endpoint(self, ref: str) -> Endpoint:
+        """An endpoint by id, by name (the newest of that name) or by a unique prefix."""
+        from ._endpoint import Endpoint
+
+        rows = self.backend.endpoints.find(ref)
+        if not rows:
+            raise NotFound(f"no endpoint matches {ref!r}; list them with: "
+                           "jupyter mlops endpoints ls")
+        if len(rows) > 1:
+            names = ", ".join(f"{r['name']} ({r['id']})" for r in rows[:5])
+            raise NotFound(f"{ref!r} matches {len(rows)} endpoints: {names}; give more of it")
+        return Endpoint(self, rows[0]["id"])
 
     # -- compute --------------------------------------------------------------------------
 

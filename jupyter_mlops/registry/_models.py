@@ -45,10 +45,11 @@ __all__ = ["Model", "ModelRegistry", "endpoints_serving"]
 def endpoints_serving(backend: Backend, name: str, version: int) -> list[str]:
     """Names of the endpoints that currently serve model ``name`` version ``version``.
 
-    The hook that keeps ``delete`` from pulling files from under a live endpoint. Serving
-    (``%deploy``) fills it in; until endpoints exist nothing serves a model, so: none.
+    The hook that keeps ``delete`` from pulling files from under a live endpoint: every
+    endpoint starting or ready with this version (one whose server is gone does not count).
     """
-    return []
+    rows = [backend.endpoint_as_read(row) for row in backend.endpoints.serving(name, version)]
+    return sorted(row["name"] for row in rows if row["status"] in ("starting", "ready"))
 
 
 class Model:

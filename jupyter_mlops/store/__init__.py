@@ -18,6 +18,7 @@ from ._config import (
     load_file_config,
     resolve_location,
 )
+from ._endpoint_store import ENDPOINT_ACTIVE, ENDPOINT_STATUSES, EndpointStore
 from ._liveness import HOSTNAME, as_read, job_gone, stale_heartbeat
 from ._registry_store import RegistryStore
 from ._store import ACTIVE, ALL_STATUSES, DATA_ERRORS, TERMINAL, Store, database_error, new_run_id
@@ -26,6 +27,8 @@ __all__ = [
     "ACTIVE",
     "ALL_STATUSES",
     "DATA_ERRORS",
+    "ENDPOINT_ACTIVE",
+    "ENDPOINT_STATUSES",
     "ENV_HEADLESS",
     "ENV_JOB_DIR",
     "ENV_OUTPUTS_DIR",
@@ -35,6 +38,7 @@ __all__ = [
     "UNWRITTEN_FILE",
     "ArtifactStore",
     "Backend",
+    "EndpointStore",
     "RegistryStore",
     "Store",
     "WorkspaceConfig",

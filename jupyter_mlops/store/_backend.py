@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import InvalidInput, NotFound
 from ._artifacts import ArtifactStore
 from ._config import WorkspaceConfig, WorkspaceLocation, load_config, resolve_location
+from ._endpoint_store import ENDPOINT_ACTIVE, EndpointStore
 from ._liveness import as_read
 from ._store import ACTIVE, Store
 
@@ -27,6 +28,7 @@ class Backend:
         self.config = config if config is not None else load_config()
         self.store = Store(location, self.config)
         self.artifacts = ArtifactStore(location.artifact_url)
+        self.endpoints = EndpointStore(self.store)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str] | None = None) -> Backend:
@@ -45,6 +47,17 @@ class Backend:
         if row is None:
             raise NotFound(f"no run with id {run_id!r} in {self.location.directory}")
         return self.as_read(row)
+
+    def endpoint_row(self, endpoint_id: str) -> dict[str, Any]:
+        """An endpoint's row, with ``lost`` reported for a server whose process is gone."""
+        row = self.endpoints.get(endpoint_id)
+        if row is None:
+            raise NotFound(f"no endpoint with id {endpoint_id!r} in {self.location.directory}")
+        return self.endpoint_as_read(row)
+
+    def endpoint_as_read(self, row: dict[str, Any]) -> dict[str, Any]:
+        return as_read(row, self.config.lost_after, active=ENDPOINT_ACTIVE,
+                       reread=lambda: self.endpoints.get(row["id"]))
 
     def as_read(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with ``lost`` reported for a run whose job is gone (see ``_liveness``)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .._processes import process_gone
@@ -33,9 +34,11 @@ def stale_heartbeat(row: dict[str, Any], lost_after: float, now: float | None = 
     return f"no heartbeat for {now - beat:.0f} s: the job process vanished"
 
 
-def job_gone(row: dict[str, Any], lost_after: float, now: float | None = None) -> str | None:
-    """Why an active run's job is gone, or None while it may be alive (see the module)."""
-    if row["status"] not in ACTIVE:
+def job_gone(row: dict[str, Any], lost_after: float, now: float | None = None,
+             active: Sequence[str] = ACTIVE) -> str | None:
+    """Why an active run's job (or an endpoint's server: its ``active`` statuses differ) is
+    gone, or None while it may be alive (see the module)."""
+    if row["status"] not in active:
         return None
     if row["host"] == HOSTNAME and row["pid"]:
         if process_gone(row["pid"]):
@@ -44,7 +47,8 @@ def job_gone(row: dict[str, Any], lost_after: float, now: float | None = None) -
     return stale_heartbeat(row, lost_after, now)
 
 
-def as_read(row: dict[str, Any], lost_after: float, reread: Any = None) -> dict[str, Any]:
+def as_read(row: dict[str, Any], lost_after: float, reread: Any = None,
+            active: Sequence[str] = ACTIVE) -> dict[str, Any]:
     """The row as readers see it: an active run whose job is gone reads as ``lost``.
 
     The stored row is left as it is (a read never writes). A job writes its ending before
@@ -52,10 +56,10 @@ def as_read(row: dict[str, Any], lost_after: float, reread: Any = None) -> dict[
     (``reread``) before calling the run lost: that second read sees any ending.
     ``status_stored`` keeps what the database says.
     """
-    reason = job_gone(row, lost_after)
+    reason = job_gone(row, lost_after, active=active)
     if reason is not None and reread is not None:
         row = reread() or row
-        reason = job_gone(row, lost_after)
+        reason = job_gone(row, lost_after, active=active)
     if reason is None:
         return row
     return {**row, "status": "lost", "status_stored": row["status"],

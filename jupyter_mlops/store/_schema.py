@@ -204,3 +204,45 @@ run_inputs = sa.Table(  # dataset versions a run read
               primary_key=True, index=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# -- endpoints (migration 0007) ------------------------------------------------------------
+
+endpoints = sa.Table(  # a model version served over HTTP under a stable name and URL
+    "endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, index=True),
+    # starting | ready | failed | lost | stopped
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("entry", sa.Text, nullable=False),  # a snapshot of the entry script's source
+    sa.Column("entry_name", sa.String(255), nullable=False),
+    # bumped by a redeploy; the server swaps to it, then sets served_revision
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("served_revision", sa.Integer, nullable=True),
+    sa.Column("bind_host", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer, nullable=True),
+    sa.Column("url", sa.String(1024), nullable=True),
+    sa.Column("key_hash", sa.String(64), nullable=True),  # sha256 of the key; None: no auth
+    sa.Column("config", sa.JSON, nullable=False),  # cores, memory, replicas, limits
+    sa.Column("environment", sa.JSON, nullable=True),
+    sa.Column("stats", sa.JSON, nullable=True),  # requests, errors, latency p50/p99
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("stop_requested_at", sa.Float, nullable=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+endpoint_logs = sa.Table(
+    "endpoint_logs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("endpoint_id", sa.String(32), sa.ForeignKey("endpoints.id"), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("wall_time", sa.Float, nullable=False),
+    sa.Index("ix_endpoint_logs_endpoint", "endpoint_id", "id"),
+)

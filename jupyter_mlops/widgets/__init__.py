@@ -7,12 +7,16 @@ from ._feed import RunFeed
 from ._run_widget import RunWidget
 from ._runs_table import RunsTable
 
-__all__ = ["RunFeed", "RunWidget", "RunsTable", "SweepWidget", "finalize", "in_kernel",
+__all__ = ["EndpointWidget", "RunFeed", "RunWidget", "RunsTable", "SweepWidget", "finalize", "in_kernel",
            "minmax_downsample", "show_live", "show_run_widget"]
 
 
 def __getattr__(name: str) -> object:
     # The sweep view imports the sweep services (Optuna): only when a sweep is shown.
+    if name == "EndpointWidget":
+        from ._endpoint_widget import EndpointWidget
+
+        return EndpointWidget
     if name == "SweepWidget":
         from ._sweep_widget import SweepWidget
 

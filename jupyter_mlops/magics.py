@@ -14,7 +14,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int
 from traitlets.config import Configurable
 
@@ -277,8 +277,16 @@ class MlopsMagics(Magics):
 
     @staticmethod
     def _parse(func: Any, line: str) -> Any:
+        """Flags split as a shell splits a command line: quotes are removed, so a quoted
+        value may hold spaces (``-p "title=a b"``, ``--param "lr=choice(0.1, 0.2)"``).
+        IPython's own splitting (``parse_argstring``) keeps the quote characters."""
         try:
-            return parse_argstring(func, line)
+            words = shlex.split(line)
+        except ValueError as exc:  # "No closing quotation"
+            raise UsageError(f"{exc} in {line.strip()!r}: close the quote, or escape it "
+                             "with \\") from None
+        try:
+            return func.parser.parse_args(words)
         except UsageError as exc:
             raise UsageError(f"{exc}\n{func.parser.format_usage()}") from None
 

@@ -14,6 +14,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
@@ -237,3 +238,22 @@ def parse_datasets(items: Sequence[str | dict[str, Any]]) -> list[dict[str, Any]
             raise InvalidInput(f"--dataset takes name or name:version, got {item!r}")
         found.append({"name": name, "version": int(version) if version.isdigit() else version})
     return found
+
+
+def check_destination(dest: str | Path, folder: bool = False) -> Path:
+    """A path to copy something to: each folder above it that exists (and ``dest`` itself,
+    when it is to be a ``folder``) must be a folder, so that a download into
+    ``a-file/sub/x`` says so instead of failing half way."""
+    dest = Path(dest)
+    if folder and dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"cannot download a folder to {dest}: it is a file, not a folder; "
+                           "choose another destination (or move that file away)")
+    for above in dest.parents:
+        if above.is_dir():
+            break
+        if above.exists() or above.is_symlink():
+            kind = ("a file" if above.is_file() else "a broken link" if above.is_symlink()
+                    else "not a regular folder")
+            raise InvalidInput(f"cannot download to {dest}: {above} is {kind}, not a folder; "
+                               "choose a destination in a folder (or move that file away)")
+    return dest

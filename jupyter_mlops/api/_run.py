@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._format import fmt_value, run_text, status_colour
+from .._inputs import check_destination
 from ..errors import NotFound, RunFailed
 from ..store import TERMINAL
 
@@ -120,12 +121,12 @@ class Run:
         stored = {a["path"] for a in self.artifacts()}
         prefix = path.rstrip("/") + "/"
         if path in stored:
-            return self.workspace.artifacts.download(self.id, path, dest)
+            return self.workspace.artifacts.download(self.id, path, check_destination(dest))
         inside = sorted(p for p in stored if p.startswith(prefix))
         if not inside:
             names = ", ".join(sorted(stored)) or "none"
             raise NotFound(f"run {self.id} has no artifact {path!r} (it has: {names})")
-        dest = Path(dest)
+        dest = check_destination(dest, folder=True)
         for p in inside:
             self.workspace.artifacts.download(self.id, p, dest / p[len(prefix):])
         return dest

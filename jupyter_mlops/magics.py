@@ -5,6 +5,7 @@ Every user mistake becomes a one-line ``UsageError`` and submits nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -140,7 +141,10 @@ class MlopsMagics(Magics):
             run._already_shown = True
         if status == "completed":
             if outputs:
-                self.shell.user_ns.update(run.outputs())
+                try:  # only the names asked for, each checked against its recorded sha256
+                    self.shell.user_ns.update(run.outputs(outputs))
+                except MlopsError as exc:
+                    raise UsageError(f"outputs not brought back: {exc}") from None
             return run
         if raise_on_failure:
             raise RunFailed(f"run {run.id} ended {status}: {run.last_error_line()}")
@@ -319,6 +323,11 @@ def _bring_back_later(run: Run, names: list[str], namespace: dict[str, Any]) -> 
 
     def watch() -> None:
         if run.wait(poll=0.5, raise_on_failure=False).status == "completed":
-            namespace.update(run.outputs())
+            try:  # only the names asked for, each checked against its recorded sha256
+                namespace.update(run.outputs(names))
+            except MlopsError as exc:
+                # Not printed: output from a thread lands in a random cell (see STYLE.md).
+                logging.getLogger("jupyter_mlops").warning(
+                    "outputs of run %s not brought back: %s", run.id, exc)
 
     threading.Thread(target=watch, name=f"mlops-outputs-{run.id}", daemon=True).start()

@@ -11,6 +11,17 @@ import sys
 from typing import Any
 
 
+def current_user() -> str:
+    """The name of the user this process runs as (the uid where no name is known, as in
+    containers without a passwd entry)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
 def installed_packages() -> dict[str, str]:
     """``pip freeze`` without a subprocess: name → version of every installed distribution."""
     found: dict[str, str] = {}

@@ -604,3 +604,67 @@ def test_mlops_magic_models_and_datasets(ws_dir, ws, tmp_path, capsys) -> None:
         shell.run_line_magic("mlops", "models nope")
     with pytest.raises(UsageError, match="has no version 3"):
         shell.run_line_magic("mlops", "datasets pets:3")
+
+
+# -- file safety: links and destinations ----------------------------------------------------
+
+
+def test_links_out_of_a_registered_folder_are_refused_with_the_reason(ws, tmp_path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_text("not yours")
+    (outside / "dir" / "more.txt").write_text("not yours either")
+    cases = {
+        "file-link": ("secret.txt", outside / "secret.txt"),
+        "dir-link": ("data", outside / "dir"),
+        "relative-link": ("sneaky", Path("../../../outside/secret.txt")),
+        "parent-link": ("up", Path("../..")),  # the folder holding the model folder
+    }
+    before = state(ws)
+    for case, (link, target) in cases.items():
+        folder = make_model(tmp_path / case / "model")
+        (folder / "conf" / link).symlink_to(target)
+        shown = f"conf/{link}"
+        for register in (ws.models.register, ws.datasets.register):
+            with pytest.raises(InvalidInput) as info:
+                register("linked", folder)
+            message = str(info.value)
+            assert f"{shown!r} is a link to" in message and "outside" in message, message
+            assert "copy" in message and "\n" not in message  # what to do, in one line
+    assert state(ws) == before
+
+
+def test_links_inside_a_registered_folder_are_followed(ws, tmp_path) -> None:
+    folder = make_model(tmp_path / "model")
+    (folder / "alias.bin").symlink_to("weights.bin")
+    (folder / "same-conf").symlink_to(folder / "conf")  # absolute, but inside
+    model = ws.models.register("inner-links", folder)
+    assert [f["path"] for f in model.files()] == [
+        "alias.bin", "conf/config.json", "same-conf/config.json", "weights.bin"]
+    out = model.download(tmp_path / "copy")
+    assert (out / "alias.bin").read_bytes() == (folder / "weights.bin").read_bytes()
+    assert (out / "same-conf" / "config.json").read_text() == "{}"
+    # A link back up the tree would be followed forever: refused, saying so.
+    (folder / "conf" / "loop").symlink_to("..")
+    with pytest.raises(InvalidInput, match=r"'conf/loop' is a link to .* loop"):
+        ws.models.register("inner-links", folder)
+
+
+def test_download_under_an_existing_file_is_a_one_line_error(ws, tmp_path, main) -> None:
+    model = ws.models.register("m", make_model(tmp_path / "model"))
+    blocker = tmp_path / "existing-file"
+    blocker.write_text("keep me")
+    for dest in (blocker / "sub" / "x", blocker / "x", f"{blocker}/"):
+        with pytest.raises(InvalidInput, match="is a file, not a folder") as info:
+            model.download(dest)
+        assert str(blocker) in str(info.value)
+    code, _, err = main("models", "download", "m:1", str(blocker / "sub" / "x"))
+    assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    with mlops.start_run("maker") as run:
+        (mlops.outputs_dir() / "model.pkl").write_bytes(b"model")
+    with pytest.raises(InvalidInput, match="is a file, not a folder"):
+        run.download("outputs/model.pkl", blocker / "sub" / "x")
+    with pytest.raises(InvalidInput, match="it is a file, not a folder"):
+        run.download("outputs", blocker)  # a folder of artifacts into a file
+    assert blocker.read_text() == "keep me"  # nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing-file", "model", "ws"]

@@ -8,16 +8,20 @@ cleaning up is the reaper's work (``jobs.reap``), in the processes that own jobs
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._format import fmt_value, run_text, status_colour
-from ..errors import NotFound, RunFailed
+from .._inputs import check_destination
+from ..errors import NotFound, RunFailed, WorkspaceError
 from ..store import TERMINAL
+
+RETURNED = "returned/"  # where a %%train job stores its --outputs (jobs.RETURNED_PREFIX)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,27 +124,84 @@ class Run:
         stored = {a["path"] for a in self.artifacts()}
         prefix = path.rstrip("/") + "/"
         if path in stored:
-            return self.workspace.artifacts.download(self.id, path, dest)
+            return self.workspace.artifacts.download(self.id, path, check_destination(dest))
         inside = sorted(p for p in stored if p.startswith(prefix))
         if not inside:
             names = ", ".join(sorted(stored)) or "none"
             raise NotFound(f"run {self.id} has no artifact {path!r} (it has: {names})")
-        dest = Path(dest)
+        dest = check_destination(dest, folder=True)
         for p in inside:
             self.workspace.artifacts.download(self.id, p, dest / p[len(prefix):])
         return dest
 
-    def outputs(self) -> dict[str, Any]:
-        """The values a ``%%train --outputs a,b`` cell sent back, by name."""
+    def outputs(self, names: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """The values a ``%%train --outputs a,b`` cell sent back, by name.
+
+        Parameters
+        ----------
+        names
+            One name (``run.outputs("model")``) or a list of names: only those are read.
+            None (the default): every output of the run.
+
+        Notes
+        -----
+        Outputs are pickles (cloudpickle), and loading a pickle runs code of its choosing.
+        So, before anything is loaded, every file asked for is checked against the sha256
+        recorded when the job stored it (a file changed afterwards is refused), and in a
+        shared workspace only outputs of runs you submitted are loaded (of another user's
+        runs only with ``c.WorkspaceConfig.trust_other_users_outputs = True``). Load outputs
+        only of runs whose code you trust, as you would any pickle.
+        """
         import cloudpickle
 
-        found = {}
-        for item in self.artifacts():
-            path = item["path"]
-            if path.startswith("returned/") and path.endswith(".pkl"):
-                with self.workspace.artifacts.open(self.id, path) as handle:
-                    found[path[len("returned/"):-len(".pkl")]] = cloudpickle.load(handle)
-        return found
+        stored = {a["path"][len(RETURNED):-len(".pkl")]: a for a in self.artifacts()
+                  if a["path"].startswith(RETURNED) and a["path"].endswith(".pkl")}
+        wanted = (list(stored) if names is None else [names] if isinstance(names, str)
+                  else list(names))
+        missing = [n for n in wanted if n not in stored]
+        if missing:
+            raise NotFound(f"run {self.id} has no output {', '.join(map(repr, missing))} "
+                           f"(it has: {', '.join(sorted(stored)) or 'none yet'})")
+        if wanted:
+            self._check_outputs_owner()
+        checked = {name: self._verified_bytes(stored[name]) for name in wanted}
+        return {name: cloudpickle.loads(data) for name, data in checked.items()}
+
+    def _check_outputs_owner(self) -> None:
+        """Refuse outputs of another user's run (unless configured to trust them): the
+        submitting user recorded with the run, and for a local store the files' owner."""
+        if self.workspace.config.trust_other_users_outputs:
+            return
+        from .._environment import current_user
+
+        me = current_user()
+        owner = (self._row()["resources"] or {}).get("owner")
+        why = None
+        if owner is not None and owner != me:
+            why = f"was submitted by {owner!r}, not by you ({me!r})"
+        elif self.workspace.artifacts.is_local and hasattr(os, "getuid"):
+            folder = Path(self.workspace.artifacts.root) / "runs" / self.id / RETURNED
+            others = sorted({p.stat().st_uid for p in folder.glob("*.pkl")} - {os.getuid()})
+            if others:
+                why = f"has outputs written by another user (uid {others[0]}), not by you"
+        elif owner is None:
+            why = "does not record who submitted it"
+        if why:
+            raise WorkspaceError(
+                f"run {self.id} {why}: its outputs are pickles, and loading one runs its "
+                "code; if you trust that user, set c.WorkspaceConfig.trust_other_users_outputs "
+                "= True in jupyter_mlops_config.py")
+
+    def _verified_bytes(self, artifact: dict[str, Any]) -> bytes:
+        """An artifact's content, refused unless it matches the sha256 recorded for it."""
+        with self.workspace.artifacts.open(self.id, artifact["path"]) as handle:
+            data = handle.read()
+        if hashlib.sha256(data).hexdigest() != artifact["sha256"]:
+            raise WorkspaceError(
+                f"{artifact['path']} of run {self.id} does not match the sha256 recorded when "
+                "the run stored it: it was changed afterwards, so it is not loaded (loading a "
+                "pickle runs its code); run the cell again to get a trusted copy")
+        return data
 
     # -- registry -------------------------------------------------------------------------
 

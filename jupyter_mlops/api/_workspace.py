@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._format import fmt_value, runs_frame
-from .._inputs import check_name, check_params, check_tags, check_timeout, parse_datasets
+from .._inputs import (
+    check_name,
+    check_params,
+    check_tags,
+    check_timeout,
+    normalize_name,
+    parse_datasets,
+)
 from ..errors import InvalidInput, NotFound
 from ..store import (
     ALL_STATUSES,
@@ -329,6 +336,8 @@ class Workspace:
     def sweeps(self, experiment: str | None = None) -> list[Sweep]:
         from ._sweep import Sweep
 
+        if experiment is not None:
+            experiment = normalize_name(str(experiment))
         return [Sweep(self, r["id"]) for r in self.store.list_sweeps(experiment=experiment)]
 
     # -- serving ------------------------------------------------------------------------

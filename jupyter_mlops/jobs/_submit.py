@@ -13,6 +13,7 @@ from typing import Any
 
 import nbformat
 
+from .._environment import current_user
 from ..errors import InvalidInput
 from ..store import ENV_HEADLESS, Backend, new_run_id
 from ._cell import (
@@ -93,7 +94,9 @@ def submit_notebook(
         backend.store.create_run(
             run_id, name, experiment, status="queued", kind=kind, source=source,
             target=target, params=spec.parameters, tags=dict(tags or {}),
-            parent_id=parent_id, resources={"datasets": pinned} if pinned else None,
+            parent_id=parent_id,
+            # The submitting user: Run.outputs() loads pickles only from one's own runs.
+            resources={"owner": current_user(), **({"datasets": pinned} if pinned else {})},
             **(fields or {}),
         )
         store_inputs(backend, run_id, folder, spec.carried)

@@ -181,13 +181,21 @@ def local_source(path: str | os.PathLike[str], what: str = "model") -> Source:
     if not stat.S_ISDIR(info.st_mode):
         raise InvalidInput(f"{str(path)!r} is not a regular file or a folder")
     files, odd, newest = [], [], 0
-    for folder, dirs, names in os.walk(p, onerror=_raise_walk_error):
+    # Links are followed only while they stay inside the folder: a link out of it would copy
+    # files the user did not choose to register (or, for a folder link, silently drop them).
+    for folder, dirs, names in os.walk(p, onerror=_raise_walk_error, followlinks=True):
         dirs.sort()
+        for name in dirs:
+            full = os.path.join(folder, name)
+            if os.path.islink(full):
+                _check_link(p, full, path, what, loops=True)
         for name in sorted(names):
             full = os.path.join(folder, name)
             rel = Path(full).relative_to(p).as_posix()
+            if os.path.islink(full) and os.path.exists(full):
+                _check_link(p, full, path, what)
             try:
-                st = os.stat(full)  # follows symlinks: a linked file is registered by content
+                st = os.stat(full)  # follows a link inside the folder: registered by content
             except OSError as exc:
                 raise InvalidInput(f"cannot read {rel!r} in {str(path)!r}: {exc.strerror}"
                                    + (" (a broken symlink)" if os.path.islink(full) else "")
@@ -204,6 +212,28 @@ def local_source(path: str | os.PathLike[str], what: str = "model") -> Source:
         raise InvalidInput(f"folder {str(path)!r} is empty: there is nothing to register")
     return Source("folder", p.name, str(p), files, local_root=p,
                   fingerprint=f"{len(files)}:{sum(f.size for f in files)}:{newest}")
+
+
+def _check_link(root: Path, full: str, given: Any, what: str, loops: bool = False) -> None:
+    """Refuse a link (file or folder) of the folder ``root`` that leads out of it, or, for a
+    folder link (``loops``), back to a folder it is already inside (an endless walk)."""
+    rel = Path(full).relative_to(root).as_posix()
+    target = os.readlink(full)
+    real = Path(os.path.realpath(full))
+    where = f"cannot register {what} from {str(given)!r}: {rel!r} is a link to {target!r}"
+    if real != root and root not in real.parents:
+        raise InvalidInput(f"{where}, outside the folder; links out of a registered folder are "
+                           "not followed: copy what it points to into the folder (or remove the "
+                           "link) and register again")
+    if loops:
+        # The real folders on the way from the root to this link: reaching one again loops.
+        above = Path(full).parent.relative_to(root).parts
+        chain = {root, *(Path(os.path.realpath(root.joinpath(*above[:i + 1])))
+                         for i in range(len(above)))}
+        if real in chain:
+            raise InvalidInput(f"{where}, a folder it is inside, which would loop forever; "
+                               "remove the link (or copy the files it should add) and register "
+                               "again")
 
 
 def _raise_walk_error(exc: OSError) -> None:

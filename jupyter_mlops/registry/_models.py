@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._inputs import check_destination
 from ..errors import Conflict, InvalidInput, NotFound
 from ..store import RegistryStore, clean_relpath
 from ._files import (
@@ -124,13 +125,17 @@ class Model:
         """
         into = str(dest).endswith(("/", os.sep))
         dest = Path(dest).expanduser()
-        target = dest / self.root_name if into or dest.is_dir() else dest
+        target = check_destination(dest / self.root_name if into or dest.is_dir() else dest)
         if (target.exists() or target.is_symlink()) and not overwrite:
             raise InvalidInput(
                 f"{target} already exists; choose another destination or pass "
                 "overwrite=True (CLI: --force)"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # permissions, a file appearing meanwhile...: one clear line
+            raise InvalidInput(f"cannot download to {target}: cannot create "
+                               f"{exc.filename or target.parent}: {exc.strerror}") from None
         blobs = Blobs(self.backend, "models")
         files = self._registry.model_files(self.id)
         if not target.exists():

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._inputs import normalize_name
 from ..errors import InvalidInput, NotFound
 from ._artifacts import ArtifactStore
 from ._config import WorkspaceConfig, WorkspaceLocation, load_config, resolve_location
@@ -73,6 +74,8 @@ class Backend:
         stored = list(status) if status else None
         if stored and "lost" in stored:
             stored = sorted({*stored, *ACTIVE})  # derived-lost runs are stored as active
+        if experiment is not None:  # found as it was stored: NFC, without surrounding spaces
+            experiment = normalize_name(str(experiment))
         rows = self.store.list_runs(experiment=experiment, status=stored, tags=tags,
                                     parent_id=parent_id, limit=limit, offset=offset)
         rows = [self.as_read(row) for row in rows]
@@ -96,7 +99,7 @@ class Backend:
                               "list them with: ws.sweeps()")
 
     def _find_one(self, what: str, find: Any, ref: str, hint: str) -> dict[str, Any]:
-        ref = str(ref).strip()
+        ref = normalize_name(str(ref))  # names are stored in this form (``check_name``)
         if not ref:
             raise InvalidInput(f"a {what} id or name is needed")
         matches = find(ref)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from traitlets import Float, TraitError, Unicode, validate
+from traitlets import Bool, Float, TraitError, Unicode, validate
 from traitlets.config import Config, Configurable
 
 from ..errors import WorkspaceError
@@ -62,6 +62,12 @@ class WorkspaceConfig(Configurable):
         30.0, config=True,
         help="Seconds without a heartbeat after which a running job counts as lost. At "
         "least 3 heartbeats, and longer than busy_timeout + heartbeat_interval.",
+    )
+    trust_other_users_outputs = Bool(
+        False, config=True,
+        help="Load the outputs (pickles: loading one runs its code) of runs submitted by other "
+        "users of a shared workspace with Run.outputs() and %%train --outputs. Off: only your "
+        "own runs' outputs are loaded.",
     )
 
     @validate("busy_timeout", "heartbeat_interval", "lost_after")

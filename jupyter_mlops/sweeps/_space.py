@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from .._inputs import check_param_name, check_value
 from ..errors import InvalidInput
 
 KINDS = {
@@ -62,7 +63,7 @@ class Param:
             return list(range(self.args[0], self.args[1] + 1))
         if self.kind == "quniform":
             low, high, q = self.args
-            count = int(math.floor((high - low) / q + 1e-9)) + 1
+            count = math.floor((high - low) / q + 1e-9) + 1
             return [low + i * q for i in range(count)]
         raise InvalidInput(
             f"--sampler grid needs discrete parameters (choice, randint, quniform); "
@@ -77,13 +78,15 @@ def parse_param(text: str) -> Param:
     """Parse ``name=expression`` (as given to ``--param``)."""
     name, sep, expr = text.partition("=")
     name, expr = name.strip(), expr.strip()
-    if not sep or not name.isidentifier():
+    if not sep or not name:
         raise InvalidInput(f"--param takes name=expression, e.g. lr=loguniform(1e-4, 1e-1); "
                            f"got {text!r}")
     return parse_expression(name, expr)
 
 
 def parse_expression(name: str, expr: str) -> Param:
+    # A swept name becomes a variable of each trial, as a fixed parameter does: same rules.
+    name = check_param_name(name)
     try:
         node = ast.parse(expr, mode="eval").body
     except SyntaxError:
@@ -114,6 +117,8 @@ def _check(name: str, expr: str, kind: str, args: tuple[Any, ...]) -> tuple[Any,
             raise _fail(name, expr, "choice needs at least one value")
         if len(set(map(repr, args))) != len(args):
             raise _fail(name, expr, "choice has repeated values")
+        for arg in args:
+            check_value(name, arg)  # what a parameter can hold (no b'x', {1, 2}, nan...)
         return args
     if kind in ("uniform", "loguniform", "randint", "normal"):
         numbers(2)

@@ -18,6 +18,12 @@ from jupyter_mlops.api import _workspace
 HERE = Path(__file__).parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here because pytest reads options only from the rootdir conftest; used by tests/faults.
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the fault suite (tests/faults) at the full counts of issue 10")
+
+
 @pytest.fixture
 def ws_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh workspace directory that ``mlops.workspace()`` resolves to."""

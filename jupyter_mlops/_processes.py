@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def process_gone(pid: int) -> bool:
@@ -55,3 +57,14 @@ def started_before(pid: int, recorded_at: float | None) -> bool:
     except psutil.Error:
         return False
     return recorded_at is None or created <= recorded_at + 1.0
+
+
+def warn(text: str, stream: Any = None) -> None:
+    """Write a one-line warning to ``stream`` (default: the process's real stderr), never
+    raising: a background loop must survive a log file on a full disk."""
+    try:
+        out = stream or sys.__stderr__
+        out.write(text.rstrip("\n") + "\n")
+        out.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

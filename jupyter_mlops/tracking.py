@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._inputs import check_name
+from ._processes import warn
 from .api import Run, Workspace, workspace
 from .errors import InvalidInput, MlopsError
 from .store import (
@@ -232,7 +233,7 @@ class MetricWriter:
                 self._failure = None
             except Exception as exc:  # the database is away: keep the points, retry
                 if self._failure is None:
-                    sys.__stderr__.write(f"jupyter-mlops: cannot write metrics yet ({exc})\n")
+                    warn(f"jupyter-mlops: cannot write metrics yet ({exc})")
                 self._failure = str(exc)
                 self._stop.wait(1.0)
 
@@ -562,7 +563,7 @@ def _at_exit() -> None:
         try:
             _end_run(active, "the process exited inside the run")
         except Exception as exc:
-            sys.__stderr__.write(f"jupyter-mlops: run {active.run.id} not ended: {exc}\n")
+            warn(f"jupyter-mlops: run {active.run.id} not ended: {exc}")
     if _attached is not None:
         _close_attached(_attached)
 

@@ -10,10 +10,9 @@ when it opens a workspace, so that after a crash or a reboot nothing stays activ
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 
-from .._processes import kill_tree, started_before
+from .._processes import kill_tree, started_before, warn
 from ..errors import NotFound
 from ..store import ACTIVE, HOSTNAME, Backend, job_gone
 
@@ -52,7 +51,7 @@ def reap(backend: Backend) -> list[str]:
     try:
         return _reap(backend)
     except Exception as exc:
-        sys.__stderr__.write(f"jupyter-mlops: reaper skipped a pass: {exc}\n")
+        warn(f"jupyter-mlops: reaper skipped a pass: {exc}")
         return []
 
 

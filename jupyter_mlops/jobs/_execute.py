@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._processes import kill_tree
+from .._processes import kill_tree, warn
 from ..compute import ClaimCanceled, get_target
 from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, UNWRITTEN_FILE, Backend
 from ._control import REAP_EVERY, reap
@@ -34,6 +34,71 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FLUSH_INTERVAL = 0.1
 CANCEL_GRACE = 5.0  # seconds between the interrupt and the kill
 PRUNE_GRACE = 10.0  # seconds a pruned trial has to notice should_stop() before the interrupt
+
+
+ENDING_ATTEMPTS = 30  # a job's last writes are retried for about this many seconds
+
+
+def retrying(write: Callable[[], Any], what: str) -> Any:
+    """``write()``, tried again each second while the store refuses it (a full disk being
+    freed, a lock): a job's ending must reach the store, or the run would read lost."""
+    for attempt in range(ENDING_ATTEMPTS):
+        try:
+            return write()
+        except Exception as exc:
+            if attempt + 1 == ENDING_ATTEMPTS:
+                raise
+            if attempt == 0:
+                warn(f"jupyter-mlops: {what} failed ({exc}); retrying")
+            time.sleep(1.0)
+    return None
+
+
+OUTPUT_SCHEME = "mlops-output://"  # papermill writes the executed notebook through this
+
+
+class TolerantOutput:
+    """A papermill I/O handler for the executed notebook that survives a full disk.
+
+    Papermill rewrites the executed notebook after every cell; a failed write (the disk
+    filled for a moment) would fail the user's training. Here it is kept in memory instead,
+    with a warning, and written once more when the run ends (``write_pending``).
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, str] = {}
+
+    @staticmethod
+    def _local(path: str) -> str:
+        return path.removeprefix(OUTPUT_SCHEME)
+
+    def read(self, path: str) -> str:
+        with open(self._local(path), encoding="utf-8") as handle:
+            return handle.read()
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(self._local(path))
+
+    def write(self, buf: str, path: str) -> None:
+        local = self._local(path)
+        try:
+            with open(local, "w", encoding="utf-8") as handle:
+                handle.write(buf)
+            self.pending.pop(local, None)
+        except OSError as exc:
+            if local not in self.pending:
+                warn(f"jupyter-mlops: the executed notebook could not be saved ({exc}); "
+                     "kept in memory, saved again at the end")
+            self.pending[local] = buf
+
+    def pretty_path(self, path: str) -> str:
+        return self._local(path)
+
+    def write_pending(self) -> None:
+        for local, buf in list(self.pending.items()):
+            with open(local, "w", encoding="utf-8") as handle:
+                handle.write(buf)
+            del self.pending[local]
 
 
 class LogSink:
@@ -62,12 +127,12 @@ class LogSink:
             try:
                 self.flush()
             except Exception as exc:  # keep running; the next round retries
-                sys.__stderr__.write(f"jupyter-mlops: log write failed: {exc}\n")
+                warn(f"jupyter-mlops: log write failed: {exc}")
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.flush()
+        retrying(self.flush, "storing the run's last log lines")
 
 
 class _Stream:
@@ -115,7 +180,7 @@ class Watchdog:
                         grace = PRUNE_GRACE if self.stop_reason == "pruned" else 0.0
                         self._stop_at = time.monotonic() + grace
             except Exception as exc:
-                sys.__stderr__.write(f"jupyter-mlops: heartbeat failed: {exc}\n")
+                warn(f"jupyter-mlops: heartbeat failed: {exc}")
             timeout = self.spec.timeout
             if self.stop_reason is None and timeout and time.monotonic() - self._started > timeout:
                 self.stop_reason = "timeout"
@@ -298,6 +363,7 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
     sink = LogSink(backend, run_id)
     watchdog = Watchdog(backend, spec, kernel_pid)
     error: str | None = None
+    output: TolerantOutput | None = None
     try:
         try:
             _start_kernel(km, spec.cwd)  # the kernel inherits os.environ as set above
@@ -306,9 +372,11 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
             # Then the environment (0.3 s of reading package metadata), still beside the
             # boot; after the import, not during it, so the two do not share the GIL.
             env_thread.start()
+        output = TolerantOutput()
+        papermill.iorw.papermill_io.register(OUTPUT_SCHEME, output)
         papermill.execute_notebook(
             notebook,
-            str(output_nb),
+            OUTPUT_SCHEME + str(output_nb),
             parameters=spec.parameters,
             kernel_name=km.kernel_name,
             cwd=spec.cwd,
@@ -330,6 +398,11 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
             error = _error_text(exc)
     finally:
         watchdog.close()
+        if output is not None and output.pending:
+            try:
+                retrying(output.write_pending, "saving the executed notebook")
+            except OSError as exc:
+                warn(f"jupyter-mlops: the executed notebook was not saved: {exc}")
         if error:
             sink.write("stderr", "\n" + error + "\n")
         sink.close()
@@ -377,5 +450,5 @@ def _finish(
         status, message = "failed", stored_error
     else:
         status, message = "completed", None
-    store.set_status(run_id, status, error=message)
+    retrying(lambda: store.set_status(run_id, status, error=message), "recording the ending")
     return status

@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._processes import warn
 from .worker import ENV_CONFIG
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class LogWriter:
             try:
                 self.flush()
             except Exception as exc:  # the database is away: the next round retries
-                sys.__stderr__.write(f"jupyter-mlops: endpoint log write failed: {exc}\n")
+                warn(f"jupyter-mlops: endpoint log write failed: {exc}")
 
     def close(self) -> None:
         self._stop.set()

@@ -23,7 +23,7 @@ import nbformat
 from .._format import fmt_value
 from .._processes import spawn_detached
 from ..errors import InvalidInput, NotFound
-from ..store import ENV_RUN_ID, Backend, as_read
+from ..store import ENV_RUN_ID, Backend, as_read, database_error
 from ._policies import parse_policy
 from ._space import parse_space
 
@@ -119,15 +119,17 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
     spec.validate()
     sweep_id = "sw" + uuid.uuid4().hex[:10]
     folder = sweep_dir(backend, sweep_id)
-    folder.mkdir(parents=True)
     try:
+        folder.mkdir(parents=True)
         nbformat.write(notebook, folder / "base.ipynb")
         if carried_from is not None and carried_from.is_dir():
             shutil.copytree(carried_from, folder / "carried", copy_function=link_or_copy)
         backend.store.create_sweep(sweep_id, name or f"sweep-{sweep_id[2:8]}", experiment,
                                    asdict(spec))
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, (OSError, shutil.Error)):  # a full disk, a read-only folder
+            raise database_error(backend.location, exc) from None
         raise
     if start:
         start_controller(backend, sweep_id)

@@ -33,6 +33,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from .._fastimport import skip_slow_optional_imports
+from .._processes import warn
+from ..errors import MlopsError
 from ..jobs import reap, submit_notebook
 from ..jobs._control import REAP_EVERY
 from ..store import TERMINAL, Backend, new_run_id
@@ -68,13 +70,21 @@ def optuna_params(param: Param, value: Any) -> dict[str, Any]:
     return {param.name: value}
 
 
-def make_sampler(spec: SweepSpec, space: dict[str, Param]) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, space: dict[str, Param], resumed_at: int = 0
+                 ) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler. A controller resuming after ``resumed_at`` trials seeds it from
+    the sweep's seed and that count: reproducible, yet it does not propose again the values
+    the first controller proposed (telling Optuna the finished trials does not advance a
+    random sampler)."""
     # Grid points are enqueued by the controller (Optuna's GridSampler calls study.stop(),
     # which only works inside study.optimize, not with ask/tell).
+    seed = spec.seed
+    if seed is not None and resumed_at:
+        seed = random.Random(f"{seed}/{resumed_at}").getrandbits(32)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed,
+        return optuna.samplers.TPESampler(seed=seed,
                                           n_startup_trials=max(2, min(10, spec.trials // 4)))
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 class Controller:
@@ -100,9 +110,12 @@ class Controller:
         #            steps already reported]
         self.active: dict[str, list[Any]] = {}
         self.used = 0  # trial slots spent (retries don't spend one)
-        self.retries: dict[str, int] = {}  # params key -> retries so far
+        self.retries: dict[str, int] = {}  # first attempt's run id -> retries so far
+        self.first_attempt: dict[str, str] = {}  # run id -> run id of the trial it retries
+        self.to_retry: list[tuple[dict[str, Any], str]] = []  # (params, failed run id)
         self.next_number = 0
         self.canceling = False
+        self.last_beat = self.last_reap = 0.0
         self.grid: list[dict[str, Any]] = []
         if self.spec.sampler == "grid":
             names = list(self.space)
@@ -120,7 +133,9 @@ class Controller:
             retry_of = row["tags"].get("sweep.retry_of")
             key = self._key(row["params"])
             if retry_of:
-                self.retries[key] = self.retries.get(key, 0) + 1
+                first = self.first_attempt.get(retry_of, retry_of)
+                self.first_attempt[row["id"]] = first
+                self.retries[first] = self.retries.get(first, 0) + 1
             else:
                 self.used += 1
                 self.grid = [p for p in self.grid if self._key(p) != key]
@@ -128,6 +143,8 @@ class Controller:
                 self.active[row["id"]] = [None, 0, row["cancel_requested_at"] is not None, set()]
                 continue
             self._add_finished(row)
+        if self.next_number:
+            self.study.sampler = make_sampler(self.spec, self.space, self.next_number)
 
     def _key(self, params: dict[str, Any]) -> str:
         return repr(sorted((k, params.get(k)) for k in self.space))
@@ -171,30 +188,44 @@ class Controller:
         store.set_sweep_status(self.id, "running", only_from=("queued",),
                                started_at=self.row["started_at"] or time.time())
         self.restore()
-        last_beat = last_reap = 0.0
+        failing: str | None = None
         while True:
-            now = time.time()
-            if now - last_reap > REAP_EVERY:  # trials (and other runs) whose job is gone
-                reap(self.backend)
-                last_reap = now
-            if now - last_beat > self.backend.config.heartbeat_interval:
-                store.update_sweep(self.id, heartbeat_at=now)
-                last_beat = now
-                row = store.get_sweep_row(self.id) or {}
-                if row.get("cancel_requested_at") and not self.canceling:
-                    self.canceling = True
-                    for run_id in self.active:
-                        store.request_stop(run_id, "canceled: the sweep was canceled")
-            self._follow_trials()
-            if not self.canceling:
-                self._submit_more()
-            if not self.active and (self.canceling or self.used >= self.spec.trials):
-                break
+            try:
+                if self._step():
+                    break
+                failing = None
+            except (MlopsError, OSError) as exc:  # the store is away (disk full, locked)
+                if str(exc) != failing:
+                    warn(f"jupyter-mlops: sweep {self.id}: {exc}; retrying")
+                failing = str(exc)
+                time.sleep(1.0)
+                continue
             time.sleep(POLL)
         status = "canceled" if self.canceling else "completed"
         store.set_sweep_status(self.id, status, only_from=("running",),
                                error="canceled by request" if self.canceling else None)
         return status
+
+    def _step(self) -> bool:
+        """One round of the loop; True when the sweep is over."""
+        store = self.backend.store
+        now = time.time()
+        if now - self.last_reap > REAP_EVERY:  # trials (and other runs) whose job is gone
+            reap(self.backend)
+            self.last_reap = now
+        if now - self.last_beat > self.backend.config.heartbeat_interval:
+            store.update_sweep(self.id, heartbeat_at=now)
+            self.last_beat = now
+            row = store.get_sweep_row(self.id) or {}
+            if row.get("cancel_requested_at") and not self.canceling:
+                self.canceling = True
+                for run_id in self.active:
+                    store.request_stop(run_id, "canceled: the sweep was canceled")
+        self._follow_trials()
+        if not self.canceling:
+            self._submit_more()
+        return (not self.active and not self.to_retry
+                and (self.canceling or self.used >= self.spec.trials))
 
     def _follow_trials(self) -> None:
         store = self.backend.store
@@ -239,13 +270,17 @@ class Controller:
         else:
             self.study.tell(trial, state=TrialState.FAIL)
         if status in ("failed", "lost") and not self.canceling:
-            key = self._key(row["params"])
-            if self.retries.get(key, 0) < self.spec.retry_failed:
-                self.retries[key] = self.retries.get(key, 0) + 1
-                params = {k: row["params"][k] for k in self.space}
-                self._submit(params, retry_of=row["id"])
+            first = self.first_attempt.get(row["id"], row["id"])  # the budget is per trial
+            if self.retries.get(first, 0) < self.spec.retry_failed:
+                self.retries[first] = self.retries.get(first, 0) + 1
+                self.to_retry.append(({k: row["params"][k] for k in self.space}, row["id"]))
 
     def _submit_more(self) -> None:
+        while self.to_retry and len(self.active) < self.spec.concurrency:
+            params, failed = self.to_retry[0]
+            run_id = self._submit(params, retry_of=failed)
+            self.to_retry.pop(0)  # only once submitted: a full disk keeps it waiting
+            self.first_attempt[run_id] = self.first_attempt.get(failed, failed)
         while len(self.active) < self.spec.concurrency and self.used < self.spec.trials:
             if self.spec.sampler == "grid":
                 if not self.grid:
@@ -254,11 +289,11 @@ class Controller:
                 self.study.enqueue_trial(self._trial_params(self.grid.pop(0)))
             trial = self.study.ask()
             params = {name: p.suggest(trial) for name, p in self.space.items()}
-            self.used += 1
             self._submit(params, trial=trial)
+            self.used += 1  # counted once submitted: a failed submission is tried again
 
     def _submit(self, params: dict[str, Any], trial: optuna.Trial | None = None,
-                retry_of: str | None = None) -> None:
+                retry_of: str | None = None) -> str:
         if trial is None:  # a retry: the study hears about it as a new trial with these params
             self.study.enqueue_trial(self._trial_params(params))
             trial = self.study.ask()
@@ -283,8 +318,10 @@ class Controller:
                 fields={"sweep_id": self.id, "trial_number": number})
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL)
+            shutil.rmtree(self.backend.staging_dir(run_id), ignore_errors=True)
             raise
         self.active[run_id] = [trial, 0, False, set()]
+        return run_id
 
 
 def main(argv: list[str] | None = None) -> int:

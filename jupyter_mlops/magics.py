@@ -237,10 +237,38 @@ class MlopsMagics(Magics):
             return
         print("\n".join(sweep.summary_lines()))
 
+    @magic_arguments()
+    @argument("model", help="MODEL, MODEL:VERSION or MODEL@ALIAS")
+    @argument("--entry", help="entry script with init() and run(raw_data); %%%%deploy: the cell")
+    @argument("--name", help="endpoint name (default: the model's); a served name is swapped")
+    @argument("--host", default="127.0.0.1")
+    @argument("--port", type=int, default=0, help="default: a free port")
+    @argument("--cores", type=float, default=1)
+    @argument("--memory", default=None, help="address-space limit per worker, e.g. 2G")
+    @argument("--replicas", type=int, default=1, help="worker processes")
+    @argument("--no-auth", dest="no_auth", action="store_true",
+              help="no key (only on a loopback address)")
+    @line_cell_magic
+    def deploy(self, line: str, cell: str | None = None) -> Any:
+        """Serve a registered model over HTTP (%deploy), or with this cell as the entry script
+        (%%deploy: names it reads from the notebook are carried). Returns the Endpoint, also
+        kept as ``_endpoint``."""
+        args = self._parse(self.deploy, line)
+        try:
+            endpoint = workspace().deploy(
+                args.model, args.entry, entry_source=cell,
+                namespace=self.shell.user_ns if cell is not None else None, name=args.name,
+                host=args.host, port=args.port, cores=args.cores, memory=args.memory,
+                replicas=args.replicas, auth=not args.no_auth)
+        except MlopsError as exc:
+            raise UsageError(str(exc)) from None
+        self.shell.user_ns["_endpoint"] = endpoint
+        return endpoint  # shown as its live widget in a notebook
+
     @line_magic
     def mlops(self, line: str) -> Any:
         """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | models [NAME[:V]] |
-        datasets [NAME[:V]] | targets"""
+        datasets [NAME[:V]] | endpoints | targets"""
         words = shlex.split(line)
         verb, rest = (words[0], words[1:]) if words else ("", [])
         try:
@@ -269,6 +297,14 @@ class MlopsMagics(Magics):
                 return None
             if verb in ("models", "datasets") and len(rest) <= 1:
                 return registry_view(ws, verb, rest[0] if rest else None)
+            if verb == "endpoints" and not rest:
+                endpoints = ws.endpoints(all=True)
+                if not endpoints:
+                    print("no endpoints yet: %deploy MODEL serves one")
+                    return None
+                from IPython.display import HTML
+
+                return HTML("".join(e._repr_html_() for e in endpoints))
             if verb == "targets" and not rest:
                 from ._format import slots_text
 
@@ -277,7 +313,8 @@ class MlopsMagics(Magics):
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
         raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | "
-                         "models [NAME[:VERSION]] | datasets [NAME[:VERSION]] | targets")
+                         "models [NAME[:VERSION]] | datasets [NAME[:VERSION]] | endpoints | "
+                         "targets")
 
     @staticmethod
     def _parse(func: Any, line: str) -> Any:

@@ -171,3 +171,69 @@ def test_train_cell_shows_a_live_run_widget(lab: Lab) -> None:
                 screenshot(page, "browser-run-widget-failure.png")
             print(f"page errors: {page_errors}\njupyter lab log (tail):\n{lab.log_tail()}")
             raise
+
+
+ENDPOINT_NOTEBOOK = "endpoint.ipynb"
+ENDPOINT_CELLS = [
+    "%load_ext jupyter_mlops",
+    "import joblib\nimport jupyter_mlops as mlops\n"
+    "from sklearn.datasets import load_digits\n"
+    "from sklearn.linear_model import LogisticRegression\n"
+    "X, y = load_digits(return_X_y=True)\n"
+    "joblib.dump(LogisticRegression(max_iter=200).fit(X, y), 'digits.joblib')\n"
+    "mlops.workspace().models.register('digits', 'digits.joblib')",
+    "%deploy digits --name browser-ep",
+    "answers = [_endpoint.score({'data': X[i:i + 2].tolist()}) for i in range(6)]\n"
+    "print('answers', answers)",
+]
+
+
+@pytest.fixture
+def endpoint_lab(tmp_path: Path) -> Iterator[Lab]:
+    root = tmp_path / "root"
+    root.mkdir()
+    make_notebook(root / ENDPOINT_NOTEBOOK, *ENDPOINT_CELLS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_MLOPS_")}
+    env["JUPYTER_MLOPS_WORKSPACE"] = str(tmp_path / "ws")
+    with jupyter_lab(root, env) as server:
+        yield server
+    import jupyter_mlops as mlops
+
+    for endpoint in mlops.workspace(tmp_path / "ws").endpoints():
+        endpoint.delete()
+
+
+def test_deploy_shows_a_live_endpoint_widget(endpoint_lab: Lab) -> None:
+    with chromium_page() as page:
+        try:
+            page.goto(endpoint_lab.url(f"lab/tree/{ENDPOINT_NOTEBOOK}"))
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.locator("#jp-main-statusbar").get_by_text(
+                re.compile(r"^(?!No Kernel).+ \| Idle$")).wait_for(timeout=60_000)
+            run_all_cells(page)
+            widget = page.locator(".mlops-endpoint-widget")
+            widget.wait_for(timeout=120_000)
+            deadline = time.monotonic() + 90
+            text = ""
+            while time.monotonic() < deadline:
+                text = widget.inner_text()
+                found = re.search(r"requests\s*(\d+)", text)
+                if "ready" in text and found and int(found.group(1)) >= 6:
+                    break
+                page.wait_for_timeout(200)
+            else:
+                raise AssertionError(f"the widget never showed 6 requests: {text!r}\n"
+                                     f"{outputs_text(page)}")
+            for part in ("browser-ep", "digits:1", "/score", "latency p50", "latency p99",
+                         "endpoint: ready at"):
+                assert part in text, part
+            assert "Error displaying widget" not in outputs_text(page)
+            assert "answers [[0, 1]" in outputs_text(page)
+            ARTIFACTS.mkdir(exist_ok=True)
+            widget.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-endpoint-widget.png"))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(ARTIFACTS / "browser-endpoint-widget-failure.png"))
+            print(f"jupyter lab log (tail):\n{endpoint_lab.log_tail()}")
+            raise

@@ -668,3 +668,24 @@ def test_download_under_an_existing_file_is_a_one_line_error(ws, tmp_path, main)
         run.download("outputs", blocker)  # a folder of artifacts into a file
     assert blocker.read_text() == "keep me"  # nothing lost
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing-file", "model", "ws"]
+
+
+def test_registering_without_kernel_copies_hashes_what_was_written(ws, tmp_path,
+                                                                   monkeypatch) -> None:
+    """After a copy across filesystems (EXDEV) the copier falls back to read/write for the
+    rest of the process: the hashing thread must still see every byte it is told about."""
+    from jupyter_mlops.registry import _files
+
+    monkeypatch.setattr(_files, "_KERNEL_COPY", False)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    payload = bytes(range(256)) * 40_000  # 10 MB, several segments
+    (folder / "weights.bin").write_bytes(payload)
+    (folder / "small.txt").write_text("x")
+    model = ws.models.register("fallback", folder)
+    out = model.download(tmp_path / "out")
+    assert (out / "weights.bin").read_bytes() == payload
+    import hashlib
+
+    files = {f["path"]: f["sha256"] for f in model.files()}
+    assert files["weights.bin"] == hashlib.sha256(payload).hexdigest()

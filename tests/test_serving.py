@@ -336,3 +336,65 @@ def test_an_entry_script_without_run_is_refused(ws, digits, tmp_path) -> None:
     with pytest.raises(InvalidInput, match="no such file"):
         ws.deploy("digits", tmp_path / "missing.py")
     assert ws.endpoints(all=True) == []
+
+
+# -- the surfaces: CLI and magics ---------------------------------------------------------------
+
+
+def test_cli_deploy_and_endpoints_verbs(ws, digits, tmp_path) -> None:
+    from .conftest import cli
+
+    (tmp_path / "score.py").write_text(ENTRY)
+    done = cli("deploy", "digits", "--entry", str(tmp_path / "score.py"), "--name", "cli-ep",
+               "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["status"] == "ready" and shown["key"] and shown["model"] == "digits:1"
+    images = __import__("sklearn.datasets", fromlist=["load_digits"]).load_digits().data
+    status, answer = _post(shown["url"], json.dumps({"image": _image(images, 5)}).encode(),
+                           {"Authorization": f"Bearer {shown['key']}",
+                            "Content-Type": "application/json"})
+    assert status == 200 and answer["version"] == 1
+    listed = json.loads(cli("endpoints", "ls", "--json").stdout)
+    assert [e["name"] for e in listed] == ["cli-ep"] and "key" not in listed[0]
+    assert "ready" in cli("endpoints", "show", "cli-ep").stdout
+    assert "init done: model loaded" in cli("endpoints", "logs", "cli-ep").stdout
+    refused = cli("deploy", "digits", "--host", "0.0.0.0", "--no-auth")
+    assert refused.returncode == 2 and "without a key" in refused.stderr
+    assert cli("endpoints", "delete", "cli-ep").returncode == 0
+    assert ws.get_endpoint("cli-ep").status == "stopped"
+    missing = cli("endpoints", "show", "nothing-here")
+    assert missing.returncode == 2 and "no endpoint matches" in missing.stderr
+
+
+def test_deploy_magics_carry_notebook_names_and_return_the_endpoint(ws, digits) -> None:
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_mlops")
+    shell.user_ns["label_names"] = {i: f"digit-{i}" for i in range(10)}
+    shell.run_cell("def as_rows(raw):\n    import json\n    return json.loads(raw)['data']")
+    cell = ("import joblib\nimport jupyter_mlops as mlops\n\n"
+            "def init():\n    global model\n"
+            "    model = joblib.load(mlops.model_dir() / 'model.joblib')\n\n"
+            "def run(raw_data):\n"
+            "    return [label_names[int(d)] for d in model.predict(as_rows(raw_data))]\n")
+    endpoint = shell.run_cell_magic("deploy", "digits --name magic-ep", cell)
+    try:
+        assert shell.user_ns["_endpoint"] is endpoint
+        assert endpoint.status == "ready"
+        images = np.zeros((2, 64)).tolist()
+        answer = endpoint.score({"data": images})
+        assert len(answer) == 2 and all(a.startswith("digit-") for a in answer)
+        carried = ws.backend.endpoints.get(endpoint.id)["config"]["carried"]
+        assert carried == ["as_rows", "label_names"]
+        listing = shell.run_line_magic("mlops", "endpoints")
+        assert "magic-ep" in listing.data and "ready" in listing.data
+        with pytest.raises(UsageError, match="--replicas takes a whole number"):
+            shell.run_line_magic("deploy", "digits --replicas 0")
+        with pytest.raises(UsageError, match="no model named 'nope'"):
+            shell.run_line_magic("deploy", "nope")
+    finally:
+        endpoint.delete()
+    assert endpoint.status == "stopped"

@@ -12,7 +12,8 @@ from .._lazy import lazy_names
 from ._run import Run
 from ._workspace import GateResult, Workspace, workspace
 
-_LAZY = {"Endpoint": "_endpoint", "ScoringError": "_endpoint", "Dataset": "_registry", "DatasetRegistry": "_registry", "Model": "_registry",
+_LAZY = {"Endpoint": "_endpoint", "ScoringError": "_endpoint", "Dataset": "_registry",
+         "DatasetRegistry": "_registry", "Model": "_registry",
          "ModelRegistry": "_registry", "Sweep": "_sweep"}
 
 __all__ = ["Dataset", "DatasetRegistry", "Endpoint", "GateResult", "Model", "ModelRegistry", "Run",

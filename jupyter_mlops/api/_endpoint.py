@@ -133,6 +133,17 @@ class Endpoint:
 
         return EndpointWidget(self.workspace.backend, self.id, **options)
 
+    def _ipython_display_(self) -> None:
+        # In a notebook an endpoint shows as its live widget; in a terminal as one line.
+        from IPython.display import display
+
+        from ..widgets import in_kernel
+
+        if in_kernel():
+            display(self.widget())
+        else:
+            print(repr(self))
+
     def to_dict(self) -> dict[str, Any]:
         """The one JSON form of an endpoint (CLI, REST); never the key or its hash."""
         row = self._row()

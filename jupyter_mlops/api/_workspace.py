@@ -346,18 +346,22 @@ class Workspace:
                entry_source: str | None = None, name: str | None = None,
                host: str = "127.0.0.1", port: int = 0, cores: float = 1,
                memory: str | int | None = None, replicas: int = 1, auth: bool = True,
-               wait: bool = True, timeout: float = 300.0) -> Endpoint:
+               namespace: dict[str, Any] | None = None, wait: bool = True,
+               timeout: float = 300.0) -> Endpoint:
         """Serve a registered model (``"digits"``, ``"digits:3"``, ``"digits@production"``
         or a ``Model``) over HTTP from an entry script with ``init()`` and ``run(raw_data)``
         (a path, or ``entry_source``; default: chosen by the model's files). Deploying a
         name that is served already swaps it, without failed requests. Returns the
-        ``Endpoint`` once it serves (``wait=False``: at once)."""
+        ``Endpoint`` once it serves (``wait=False``: at once). With ``entry_source`` and
+        ``namespace`` (``%%deploy``), the names the script reads from the notebook are
+        carried to the server as ``%%train`` carries them."""
         from ..serving import deploy, wait_served
         from ._endpoint import Endpoint
 
-        endpoint_id, revision, key = deploy(
+        endpoint_id, revision, _key = deploy(
             self.backend, _ref(model), entry=entry, entry_source=entry_source, name=name,
-            host=host, port=port, cores=cores, memory=memory, replicas=replicas, auth=auth)
+            host=host, port=port, cores=cores, memory=memory, replicas=replicas, auth=auth,
+            namespace=namespace)
         if wait:
             wait_served(self.backend, endpoint_id, revision, timeout)
         return Endpoint(self, endpoint_id)

@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--max", type=float)
     gate.set_defaults(func=cmd_gate)
 
+    from ._serving import add_commands as add_serving_commands
+
+    add_serving_commands(sub)  # deploy, endpoints ...
+
     targets = sub.add_parser("targets", help="compute targets: slots and the runs holding them")
     targets.set_defaults(func=cmd_targets)
     return parser
@@ -265,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that only read: in a folder where nothing has run yet they must not create a
 # workspace as a side effect ("changes nothing"), so they report its absence instead.
 LISTINGS = {"cmd_runs_ls", "cmd_models_ls", "cmd_datasets_ls"}
-READERS = LISTINGS | {"cmd_runs_show", "cmd_runs_logs", "cmd_runs_cancel", "cmd_runs_diff",
+READERS = LISTINGS | {"cmd_endpoints_ls", "cmd_endpoints_show", "cmd_endpoints_logs",
+                      "cmd_runs_show", "cmd_runs_logs", "cmd_runs_cancel", "cmd_runs_diff",
                       "cmd_gate", "cmd_models_show", "cmd_models_download", "cmd_datasets_show"}
 
 

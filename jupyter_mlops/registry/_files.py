@@ -420,6 +420,7 @@ def _copy_segment(source: BinaryIO, sink: BinaryIO, length: int) -> int:
             _KERNEL_COPY = False
     data = source.read(min(length, CHUNK))
     sink.write(data)
+    sink.flush()  # the hashing thread reads the copy by its own descriptor, right after
     return len(data)
 
 

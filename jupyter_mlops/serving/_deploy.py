@@ -9,6 +9,7 @@ already served swaps it to the new model or script without failed requests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,23 +127,51 @@ def _entry_source(model: Any, entry: str | os.PathLike[str] | None,
 
 
 def _prepare(backend: Backend, endpoint_id: str, model: Any, entry_name: str,
-             source: str) -> Path:
-    """A new revision folder: ``model/`` (the model's files) and ``entry.py``."""
-    folder = backend.location.directory / "endpoints" / endpoint_id / f"rev-{uuid.uuid4().hex[:8]}"
+             source: str, namespace: Mapping[str, Any] | None) -> tuple[Path, list[str]]:
+    """A new revision folder: ``model/`` (the model's files), ``entry.py`` and, for a
+    ``%%deploy`` cell, ``carried/`` (the names it reads from the notebook, as ``%%train``
+    carries them). Returns the folder and the carried names."""
+    from ..jobs._cell import bound_names, carry, free_names
+
+    folder = (backend.location.directory / "endpoints" / endpoint_id
+              / f"rev-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True)
-    if model.kind == "folder":
-        model.download(folder / "model")
-    else:
-        model.download(str(folder / "model") + os.sep)
-    (folder / "entry.py").write_text(source, encoding="utf-8")
-    return folder
+    try:
+        if model.kind == "folder":
+            model.download(folder / "model")
+        else:
+            model.download(str(folder / "model") + os.sep)
+        prelude, carried = "", []
+        if namespace is not None:
+            names = [n for n in free_names(source) if n not in bound_names(source)]
+            plan = carry(names, namespace, folder / "carried")
+            carried = sorted(plan.values)
+            prelude = "".join(line + "\n" for line in plan.imports)
+            if carried:
+                prelude += CARRY_PRELUDE.format(names=carried)
+        (folder / "entry.py").write_text(prelude + source, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, carried
+
+
+# Put at the top of a %%deploy cell's script: the notebook names it reads, restored.
+CARRY_PRELUDE = """\
+import cloudpickle as _mlops_cloudpickle, pathlib as _mlops_pathlib
+for _mlops_name in {names!r}:
+    with open(_mlops_pathlib.Path(__file__).parent / "carried" / (_mlops_name + ".pkl"),
+              "rb") as _mlops_file:
+        globals()[_mlops_name] = _mlops_cloudpickle.load(_mlops_file)
+# -- the %%deploy cell --
+"""
 
 
 def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None = None,
            entry_source: str | None = None, name: str | None = None,
            host: str = "127.0.0.1", port: int = 0, cores: float = 1,
-           memory: str | int | None = None, replicas: int = 1, auth: bool = True
-           ) -> tuple[str, int, str | None]:
+           memory: str | int | None = None, replicas: int = 1, auth: bool = True,
+           namespace: Mapping[str, Any] | None = None) -> tuple[str, int, str | None]:
     """Serve ``model``; returns ``(endpoint_id, revision, key)`` at once (the key is None
     for a redeploy, which keeps the endpoint's key, or without auth). Wait with
     ``wait_served``."""
@@ -166,14 +196,15 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
             ENDPOINT_ACTIVE]
     if live:  # a redeploy: the running server swaps to the new revision
         current = live[0]
-        folder = _prepare(backend, current["id"], version, entry_name, source)
+        folder, carried = _prepare(backend, current["id"], version, entry_name, source,
+                                   namespace)
         revision = backend.endpoints.redeploy(
             current["id"], **content, config={**current["config"], **config,
-                                              "folder": str(folder)})
+                                              "folder": str(folder), "carried": carried})
         return current["id"], revision, None
 
     endpoint_id = new_run_id()
-    folder = _prepare(backend, endpoint_id, version, entry_name, source)
+    folder, carried = _prepare(backend, endpoint_id, version, entry_name, source, namespace)
     key = secrets.token_urlsafe(32) if auth else None
     if key is not None:
         key_file = folder.parent / KEY_FILE
@@ -187,7 +218,7 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
         backend.endpoints.create(
             endpoint_id, name, **content, bind_host=host, port=bound, url=url,
             key_hash=hashlib.sha256(key.encode()).hexdigest() if key else None,
-            config={**config, "folder": str(folder)})
+            config={**config, "folder": str(folder), "carried": carried})
         with open(folder.parent / "server.log", "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "jupyter_mlops.serving.supervisor", endpoint_id,
@@ -211,10 +242,8 @@ def _capture_environment_later(backend: Backend, endpoint_id: str) -> None:
     from .._environment import capture_environment
 
     def record() -> None:
-        try:
+        with contextlib.suppress(MlopsError):  # e.g. a full disk: the endpoint goes on
             backend.endpoints.update(endpoint_id, environment=capture_environment())
-        except MlopsError:
-            pass
 
     threading.Thread(target=record, name="mlops-endpoint-environment", daemon=True).start()
 

@@ -70,7 +70,10 @@ def main() -> int:
 
     import uvicorn
 
+    # init() is done: this worker answers from its first request (it only starts listening
+    # now; the supervisor hears "ready" once uvicorn accepts).
     ready = threading.Event()
+    ready.set()
     stats = Stats()
 
     def log(text: str) -> None:
@@ -89,7 +92,6 @@ def main() -> int:
         while not server.started and not server.should_exit:
             time.sleep(0.005)
         if server.started:
-            ready.set()
             _say(control, "ready", pid=os.getpid())
         while not server.should_exit:
             time.sleep(1.0)

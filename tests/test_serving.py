@@ -236,7 +236,8 @@ def test_a_version_swap_under_load_fails_no_request(served) -> None:
     versions = [a[1]["version"] for a in answers]
     assert versions[0] == 1 and versions[-1] == 2
     assert endpoint.model == "digits:2"
-    assert "now serving revision 2" in endpoint.logs()
+    wait_until(lambda: "now serving revision 2" in endpoint.logs(), timeout=90,
+               what="the old workers to drain and the swap to be logged")
 
 
 def test_deleting_a_served_version_is_refused(served) -> None:

@@ -399,3 +399,12 @@ def test_deploy_magics_carry_notebook_names_and_return_the_endpoint(ws, digits) 
     finally:
         endpoint.delete()
     assert endpoint.status == "stopped"
+
+
+def test_memory_limit_is_enforced_on_the_workers(ws, digits, tmp_path) -> None:
+    script = tmp_path / "hungry.py"
+    script.write_text("def init():\n    global block\n    block = bytearray(3 * 2**30)\n\n"
+                      "def run(raw_data):\n    return len(block)\n")
+    with pytest.raises(EndpointFailed, match="MemoryError"):
+        ws.deploy("digits", script, name="hungry", memory="1G")
+    assert ws.get_endpoint("hungry").to_dict()["config"]["memory"] == 2**30

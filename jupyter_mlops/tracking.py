@@ -20,9 +20,11 @@ above ``jupyter_mlops.api``; nothing below imports it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import io
 import json
+import math
 import numbers
 import os
 import shutil
@@ -94,17 +96,36 @@ def _check_key(key: object, what: str = "metric name") -> str:
     return key
 
 
+def _elements(value: object) -> int | None:
+    """How many numbers an array-like holds: ``size`` is an attribute in NumPy and a method
+    in PyTorch (``numel()``); TensorFlow tensors have a ``shape`` only."""
+    numel = getattr(value, "numel", None)
+    if callable(numel):
+        return int(numel())
+    size = getattr(value, "size", None)
+    if isinstance(size, int):
+        return size
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        try:
+            return int(math.prod(int(d) for d in shape))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def _as_float(key: str, value: object) -> float:
-    """Accept Python and NumPy numbers and one-element tensors; refuse anything else."""
+    """Accept Python and NumPy numbers and one-element tensors (NumPy, PyTorch, TensorFlow);
+    refuse anything else. A tensor costs one ``.item()`` (one device sync), no more."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        item = getattr(value, "item", None)  # numpy 0-d arrays, torch/tf scalars
-        if callable(item) and getattr(value, "size", 1) in (1, None) and not isinstance(
-            value, (str, bytes)
-        ):
-            try:
-                value = item()
-            except (TypeError, ValueError):
-                pass
+        if not isinstance(value, (str, bytes)) and _elements(value) == 1:
+            item = getattr(value, "item", None)  # numpy arrays and scalars, torch tensors
+            if not callable(item):  # a TensorFlow tensor: .numpy() gives a NumPy value
+                to_numpy = getattr(value, "numpy", None)
+                item = (lambda: to_numpy().item()) if callable(to_numpy) else None
+            if item is not None:
+                with contextlib.suppress(TypeError, ValueError):
+                    value = item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidInput(
                 f"metric {key!r} must be a real number, got {type(value).__name__} "

@@ -163,3 +163,14 @@ def test_environment_is_recorded(ws) -> None:
     assert env["python"].count(".") == 2
     assert "sqlalchemy" in env["packages"]
     assert env["gpus"] == []  # no nvidia-smi on the test machines
+
+
+def test_numpy_scalars_and_one_element_arrays_log_as_numbers(ws) -> None:
+    with mlops.start_run("numpy-values") as run:
+        for value in (np.float32(0.5), np.float64(1.5), np.int64(7), np.array(2.5),
+                      np.array([3.5])):
+            mlops.log("v", value)
+        with pytest.raises(InvalidInput, match="must be a real number"):
+            mlops.log("v", np.array([1.0, 2.0]))
+    stored = [value for _, _, _, value, _ in ws.store.metric_rows(run.id, "v")]
+    assert stored == [0.5, 1.5, 7.0, 2.5, 3.5]

@@ -295,7 +295,7 @@ class Workspace:
     def _series_cache(self) -> Any:
         cache = self.__dict__.get("_series")
         if cache is None:
-            from ..widgets._history import SeriesCache
+            from ..widgets import SeriesCache
 
             with _cache_lock:
                 cache = self.__dict__.setdefault("_series", SeriesCache(self.backend))
@@ -538,14 +538,18 @@ def _ref(value: Any) -> Any:
     return getattr(value, "ref", None) or getattr(value, "id", None) or value
 
 
-def workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
+def workspace(path: str | os.PathLike[str] | None = None, *,
+              config: WorkspaceConfig | None = None,
+              start: str | os.PathLike[str] | None = None) -> Workspace:
     """The current workspace (see DESIGN.md for how its location is found).
 
+    ``config`` replaces the configuration files (the server extension passes its own);
+    ``start`` is where the nearest ``.mlops`` is looked for (default: the current folder).
     The first time a process opens a workspace, the reaper looks once for runs whose job
     is gone (after a crash or a reboot) and records their ending.
     """
-    config = load_config()
-    location = resolve_location(path, config)
+    config = load_config() if config is None else config
+    location = resolve_location(path, config, start=start)
     with _cache_lock:
         if location not in _cache:
             ws = Workspace(location, config)

@@ -277,20 +277,14 @@ class Workspace:
             raise InvalidInput(f"max_points must be a whole number from 4 to 100000, "
                                f"got {max_points!r}")
         run = self.get_run(run) if not isinstance(run, Run) else run
-        known = self.store.latest_metrics(run.id)
-        if keys is None:
-            keys = sorted(known)
-        missing = [k for k in keys if k not in known]
+        found = self._series_cache().downsampled(run.id, keys, max_points)
+        missing = [k for k in keys or [] if k not in found]
         if missing:
+            known = self._series_cache().series(run.id)
             raise NotFound(f"run {run.id} has no metric {', '.join(map(repr, missing))} "
                            f"(it has: {', '.join(sorted(known)) or 'none'})")
-        cache = self._series_cache()
-        found = {}
-        for key in keys:
-            x, y, total = cache.downsampled(run.id, key, max_points)
-            found[key] = {"step": x.astype("int64").tolist(), "value": y.tolist(),
-                          "points": total}
-        return found
+        return {key: {"step": x.astype("int64").tolist(), "value": y.tolist(), "points": n}
+                for key, (x, y, n) in found.items()}
 
     def _series_cache(self) -> Any:
         cache = self.__dict__.get("_series")

@@ -79,5 +79,13 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(MlopsMagics)
 
 
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """The REST API as a jupyter_server extension (enabled on install by the file in
+    ``etc/jupyter/jupyter_server_config.d``). Imported only when the server loads it."""
+    from .server import MlopsApp
+
+    return [{"module": "jupyter_mlops.server", "app": MlopsApp}]
+
+
 def __dir__() -> list[str]:
     return __all__

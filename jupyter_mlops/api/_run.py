@@ -14,12 +14,12 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._format import fmt_value, run_text, status_colour
 from .._inputs import check_destination
 from ..errors import NotFound, RunFailed, WorkspaceError
-from ..store import TERMINAL
+from ..store import TERMINAL, check_served_path
 
 RETURNED = "returned/"  # where a %%train job stores its --outputs (jobs.RETURNED_PREFIX)
 
@@ -113,6 +113,13 @@ class Run:
         """The run's whole output so far (stdout and stderr interleaved as they came)."""
         return "".join(text for _, _, text in self.workspace.store.log_chunks(self.id))
 
+    def log_chunks(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The run's output in chunks after chunk id ``after`` (for readers that follow it):
+        ``id``, ``stream`` (stdout/stderr) and ``text``, at most ``limit`` chunks."""
+        self._row()  # NotFound for a run that does not exist
+        return [{"id": i, "stream": stream, "text": text} for i, stream, text in
+                self.workspace.store.log_chunks(self.id, after_id=after, limit=limit)]
+
     # -- artifacts ------------------------------------------------------------------------
 
     def artifacts(self) -> list[dict[str, Any]]:
@@ -133,6 +140,16 @@ class Run:
         for p in inside:
             self.workspace.artifacts.download(self.id, p, dest / p[len(prefix):])
         return dest
+
+    def open_artifact(self, path: str) -> tuple[BinaryIO, int]:
+        """An artifact the run recorded, opened for reading, and its size: for serving it
+        to others (REST). Only a recorded path is opened, and only inside the run's own
+        artifact folder (see ``store.check_served_path`` and ``open_confined``)."""
+        path = check_served_path(path)
+        if path not in {a["path"] for a in self.artifacts()}:
+            self._row()
+            raise NotFound(f"run {self.id} has no artifact {path!r}")
+        return self.workspace.artifacts.open_confined(self.id, path)
 
     def outputs(self, names: str | Sequence[str] | None = None) -> dict[str, Any]:
         """The values a ``%%train --outputs a,b`` cell sent back, by name.

@@ -7,8 +7,12 @@ Services below it receive the ``Backend``, never the facade.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ from .._inputs import (
 )
 from ..errors import InvalidInput, NotFound
 from ..store import (
+    ACTIVE,
     ALL_STATUSES,
     ENV_RUN_ID,
     Backend,
@@ -221,10 +226,7 @@ class Workspace:
         """Runs, newest first, filtered by experiment, status and tags; paged in SQL with
         ``limit`` and ``offset``. Each carries ``snapshot`` (its ``to_dict()`` without
         artifacts, as listed), read in a constant number of queries however many runs."""
-        statuses = [status] if isinstance(status, str) else list(status or [])
-        for s in statuses:
-            if s not in ALL_STATUSES:
-                raise InvalidInput(f"unknown status {s!r}; use one of {', '.join(ALL_STATUSES)}")
+        statuses = self._check_statuses(status)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 0):
             raise InvalidInput(f"limit must be a whole number >= 0, got {limit!r}")
@@ -233,6 +235,97 @@ class Workspace:
         rows = self.backend.list_runs(experiment=experiment, status=statuses or None,
                                       tags=tags, limit=limit, offset=offset)
         return [Run(self, row["id"], snapshot=row) for row in rows]
+
+    def runs_page(
+        self,
+        experiment: str | None = None,
+        status: str | list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Run], str | None]:
+        """One page of runs, newest first, and the cursor of the next page (None after the
+        last). Paged by keyset on (created_at, id), not by offset: paging through a
+        workspace while runs are created returns each run exactly once, and a deep page
+        costs what the first does. ``q`` keeps runs whose name or params contain it."""
+        statuses = self._check_statuses(status)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit must be a whole number from 1 to 1000, got {limit!r}")
+        rows, after = self.backend.runs_page(
+            experiment=experiment, status=statuses or None, tags=tags, text=q or None,
+            limit=limit, before=_decode_run_cursor(cursor) if cursor else None)
+        return ([Run(self, row["id"], snapshot=row) for row in rows],
+                _encode_run_cursor(after) if after else None)
+
+    @staticmethod
+    def _check_statuses(status: str | list[str] | None) -> list[str]:
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        for s in statuses:
+            if s not in ALL_STATUSES:
+                raise InvalidInput(f"unknown status {s!r}; use one of {', '.join(ALL_STATUSES)}")
+        return statuses
+
+    def metric_series(self, run: str | Run, keys: list[str] | None = None,
+                      max_points: int = 2000) -> dict[str, dict[str, Any]]:
+        """Each metric of a run (``keys``, default all) as ``{"step": [...], "value": [...],
+        "points": total}``, downsampled to at most ``max_points`` keeping every bucket's
+        minimum and maximum. Series are kept in memory and extended with new points only,
+        so charts polled again cost a downsample of memory, not a database read."""
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or not (
+                4 <= max_points <= 100_000):
+            raise InvalidInput(f"max_points must be a whole number from 4 to 100000, "
+                               f"got {max_points!r}")
+        run = self.get_run(run) if not isinstance(run, Run) else run
+        found = self._series_cache().downsampled(run.id, keys, max_points)
+        missing = [k for k in keys or [] if k not in found]
+        if missing:
+            known = self._series_cache().series(run.id)
+            raise NotFound(f"run {run.id} has no metric {', '.join(map(repr, missing))} "
+                           f"(it has: {', '.join(sorted(known)) or 'none'})")
+        return {key: {"step": x.astype("int64").tolist(), "value": y.tolist(), "points": n}
+                for key, (x, y, n) in found.items()}
+
+    def _series_cache(self) -> Any:
+        cache = self.__dict__.get("_series")
+        if cache is None:
+            from ..widgets import SeriesCache
+
+            with _cache_lock:
+                cache = self.__dict__.setdefault("_series", SeriesCache(self.backend))
+        return cache
+
+    def events(self, since: str | None = None, limit: int = 500) -> dict[str, Any]:
+        """What changed since the cursor ``since`` (None: nothing yet, just the cursor to
+        follow from): ``events`` (runs created and changing status, sweeps, model and
+        dataset versions, endpoints), in the order they happened; ``metrics``, each run
+        that logged points (its newest metric id and how many); ``lost``, active runs whose
+        job is gone (derived at this read, so repeated until the reaper stores it); and the
+        next ``cursor``. ``more`` says another call has more at once."""
+        store = self.store
+        if since is None:
+            newest_event, newest_metric = store.feed_heads()
+            return {"cursor": f"{newest_event}-{newest_metric}", "events": [], "metrics": [],
+                    "lost": [], "more": False}
+        event_id, metric_id = _decode_feed_cursor(since)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 5000:
+            raise InvalidInput(f"limit must be a whole number from 1 to 5000, got {limit!r}")
+        rows = store.events(event_id, limit)
+        newest_metric = store.feed_heads()[1]
+        next_metric = max(metric_id, min(newest_metric, metric_id + _METRIC_WINDOW))
+        metrics = store.metrics_since(metric_id, next_metric)
+        lost = [row["id"] for row in map(self.backend.as_read, store.list_runs(status=ACTIVE))
+                if row["status"] == "lost"]
+        more = len(rows) == limit or next_metric < newest_metric
+        return {
+            "cursor": f"{rows[-1]['id'] if rows else event_id}-{next_metric}",
+            "events": [{"id": r["id"], "kind": r["kind"], "subject": r["subject"],
+                        "wall_time": r["wall_time"], **(r["payload"] or {})} for r in rows],
+            "metrics": [{"run_id": run_id, "last_id": newest, "points": count}
+                        for run_id, newest, count in metrics],
+            "lost": lost,
+            "more": more,
+        }
 
     def runs_dataframe(
         self,
@@ -400,6 +493,38 @@ class Workspace:
                  "run_id": s.run_id} for s in target.slots(self.backend)]
 
 
+# How many metric ids one events() call looks through: a follower far behind catches up in
+# bounded steps instead of one scan of the whole metrics table.
+_METRIC_WINDOW = 200_000
+_FEED_CURSOR = re.compile(r"(\d{1,18})-(\d{1,18})")
+
+
+def _decode_feed_cursor(cursor: str) -> tuple[int, int]:
+    match = _FEED_CURSOR.fullmatch(str(cursor))
+    if match is None:
+        raise InvalidInput(f"not an events cursor: {str(cursor)[:40]!r}; start from the "
+                           "cursor events() returns without one")
+    return int(match[1]), int(match[2])
+
+
+def _encode_run_cursor(key: tuple[float, str]) -> str:
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_run_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        text = str(cursor)
+        created, run_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if isinstance(created, bool) or not isinstance(created, (int, float)) or not (
+                isinstance(run_id, str) and len(run_id) <= 64):
+            raise ValueError
+        return float(created), run_id
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("not a runs cursor: pass back the cursor a listing returned"
+                           ) from None
+
+
 def _ref(value: Any) -> Any:
     """A model or run given as an object becomes its reference string."""
     if value is None or isinstance(value, str):
@@ -407,14 +532,18 @@ def _ref(value: Any) -> Any:
     return getattr(value, "ref", None) or getattr(value, "id", None) or value
 
 
-def workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
+def workspace(path: str | os.PathLike[str] | None = None, *,
+              config: WorkspaceConfig | None = None,
+              start: str | os.PathLike[str] | None = None) -> Workspace:
     """The current workspace (see DESIGN.md for how its location is found).
 
+    ``config`` replaces the configuration files (the server extension passes its own);
+    ``start`` is where the nearest ``.mlops`` is looked for (default: the current folder).
     The first time a process opens a workspace, the reaper looks once for runs whose job
     is gone (after a crash or a reboot) and records their ending.
     """
-    config = load_config()
-    location = resolve_location(path, config)
+    config = load_config() if config is None else config
+    location = resolve_location(path, config, start=start)
     with _cache_lock:
         if location not in _cache:
             ws = Workspace(location, config)

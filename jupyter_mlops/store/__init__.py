@@ -4,7 +4,7 @@ The bottom layer: schema, migrations, SQL, artifacts, configuration. It imports 
 jupyter-mlops above it (``lint-imports`` checks). Services receive a ``Backend``.
 """
 
-from ._artifacts import ArtifactStore, clean_relpath
+from ._artifacts import ArtifactStore, check_served_path, clean_relpath
 from ._backend import Backend
 from ._config import (
     ENV_HEADLESS,
@@ -44,6 +44,7 @@ __all__ = [
     "WorkspaceConfig",
     "WorkspaceLocation",
     "as_read",
+    "check_served_path",
     "clean_relpath",
     "database_error",
     "job_gone",

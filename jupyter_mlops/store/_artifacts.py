@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +32,24 @@ def clean_relpath(path: str) -> str:
             "(no leading '/', no '..')"
         )
     return "/".join(parts)
+
+
+_ENCODED = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def check_served_path(path: str) -> str:
+    """An artifact path asked for from outside (a URL), refused unless it is plainly a path
+    inside the run: no ``..`` or ``.`` segment, no leading ``/``, no backslash, no empty
+    segment, no control character and nothing still percent-encoded (a URL decoded once
+    that still holds ``%2e`` or ``%2f`` was encoded twice to slip past a check)."""
+    raw = str(path)
+    parts = raw.split("/")
+    if (not raw or raw.startswith(("/", "~")) or "\\" in raw or _ENCODED.search(raw)
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in raw)
+            or any(part in ("", ".", "..") for part in parts)):
+        raise InvalidInput("an artifact path must be a plain relative path inside the run "
+                           "(no '..', no leading '/', no backslash, nothing percent-encoded)")
+    return raw
 
 
 class ArtifactStore:
@@ -80,6 +99,32 @@ class ArtifactStore:
         if not self.fs.exists(path):
             raise NotFound(f"run {run_id} has no artifact {relpath!r}")
         return self.fs.open(path, "rb")
+
+    def open_confined(self, run_id: str, relpath: str) -> tuple[BinaryIO, int]:
+        """Open an artifact for serving, with its size; refused when the file, or a folder
+        on its way, is a symbolic link leading out of the run's artifact folder."""
+        path = self._path(run_id, relpath)
+        if not self.is_local:
+            if not self.fs.exists(path):
+                raise NotFound(f"run {run_id} has no artifact {relpath!r}")
+            return self.fs.open(path, "rb"), int(self.fs.size(path))
+        base = os.path.realpath(posixpath.join(self.root, "runs", run_id))
+        real = os.path.realpath(path)
+        if os.path.commonpath([base, real]) != base or real == base:
+            raise InvalidInput(f"artifact {relpath!r} of run {run_id} leads out of the run")
+        try:
+            # O_NOFOLLOW: a link swapped in after the check above is refused, not followed.
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise NotFound(f"run {run_id} has no artifact {relpath!r}") from None
+        except OSError:
+            raise InvalidInput(f"artifact {relpath!r} of run {run_id} cannot be served"
+                               ) from None
+        handle = os.fdopen(fd, "rb")
+        if not os.path.isfile(real):
+            handle.close()
+            raise InvalidInput(f"artifact {relpath!r} of run {run_id} is not a file")
+        return handle, os.fstat(fd).st_size
 
     def download(self, run_id: str, relpath: str, dest: str | os.PathLike[str]) -> Path:
         """Copy one artifact to ``dest`` (a file path, or a directory to put it in)."""

@@ -18,7 +18,7 @@ from ._artifacts import ArtifactStore
 from ._config import WorkspaceConfig, WorkspaceLocation, load_config, resolve_location
 from ._endpoint_store import ENDPOINT_ACTIVE, EndpointStore
 from ._liveness import as_read
-from ._store import ACTIVE, Store
+from ._store import ACTIVE, RunKey, Store
 
 
 class Backend:
@@ -71,13 +71,35 @@ class Backend:
         """Runs as readers see them, newest first, each with its latest ``metrics``: two
         queries however many runs. ``status`` filters by the status readers see, so a run
         whose job is gone is found under ``lost``."""
+        rows = self._stored_runs(experiment, status, tags, parent_id=parent_id, limit=limit,
+                                 offset=offset)
+        return self._as_listed(rows, status)
+
+    def runs_page(self, *, experiment: str | None = None, status: list[str] | None = None,
+                  tags: dict[str, Any] | None = None, text: str | None = None,
+                  limit: int = 50, before: RunKey | None = None,
+                  ) -> tuple[list[dict[str, Any]], RunKey | None]:
+        """One keyset page of runs as readers see them, newest first, older than ``before``;
+        and the key to pass as ``before`` for the next page (None: this was the last).
+
+        A page may hold fewer than ``limit`` runs while more follow: ``status`` is judged as
+        readers see it (``lost`` derived) after the page is read in SQL."""
+        rows = self._stored_runs(experiment, status, tags, text=text, limit=limit,
+                                 before=before)
+        after = (rows[-1]["created_at"], rows[-1]["id"]) if len(rows) == limit else None
+        return self._as_listed(rows, status), after
+
+    def _stored_runs(self, experiment: str | None, status: list[str] | None,
+                     tags: dict[str, Any] | None, **paging: Any) -> list[dict[str, Any]]:
         stored = list(status) if status else None
         if stored and "lost" in stored:
             stored = sorted({*stored, *ACTIVE})  # derived-lost runs are stored as active
         if experiment is not None:  # found as it was stored: NFC, without surrounding spaces
             experiment = normalize_name(str(experiment))
-        rows = self.store.list_runs(experiment=experiment, status=stored, tags=tags,
-                                    parent_id=parent_id, limit=limit, offset=offset)
+        return self.store.list_runs(experiment=experiment, status=stored, tags=tags, **paging)
+
+    def _as_listed(self, rows: list[dict[str, Any]], status: list[str] | None
+                   ) -> list[dict[str, Any]]:
         rows = [self.as_read(row) for row in rows]
         if status:
             rows = [row for row in rows if row["status"] in status]

@@ -158,9 +158,11 @@ def load_config(config: Config | None = None) -> WorkspaceConfig:
 
 
 def resolve_location(
-    directory: str | os.PathLike[str] | None = None, config: WorkspaceConfig | None = None
+    directory: str | os.PathLike[str] | None = None, config: WorkspaceConfig | None = None,
+    start: str | os.PathLike[str] | None = None,
 ) -> WorkspaceLocation:
-    """Resolve where the workspace is, following the order in the module docstring."""
+    """Resolve where the workspace is, following the order in the module docstring; the
+    nearest ``.mlops`` is looked for from ``start`` (default: the current directory)."""
     config = config or load_config()
     env = os.environ
     if directory is not None:
@@ -174,7 +176,7 @@ def resolve_location(
         elif config.directory:
             folder = Path(config.directory)
         else:
-            folder = find_workspace_dir()
+            folder = find_workspace_dir(Path(start) if start is not None else None)
     folder = folder.expanduser().resolve()
     return WorkspaceLocation(
         directory=folder,

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from ..errors import Conflict, NotFound
 from . import _schema as t
-from ._store import Store
+from ._store import Store, record_event
 
 ENDPOINT_ACTIVE = ("starting", "ready")
 ENDPOINT_STATUSES = ("starting", "ready", "failed", "lost", "stopped")
@@ -34,6 +34,7 @@ class EndpointStore:
             conn.execute(t.endpoints.insert().values(
                 id=endpoint_id, name=name, status="starting", revision=1, created_at=now,
                 updated_at=now, **fields))
+            record_event(conn, "endpoint.created", endpoint_id, status="starting", name=name)
 
     def update(self, endpoint_id: str, **fields: Any) -> None:
         fields.setdefault("updated_at", time.time())
@@ -50,6 +51,8 @@ class EndpointStore:
                 .where(t.endpoints.c.id == endpoint_id,
                        t.endpoints.c.status.in_(list(only_from)))
                 .values(status=status, updated_at=time.time(), **fields))
+            if result.rowcount == 1:
+                record_event(conn, "endpoint.status", endpoint_id, status=status)
             return result.rowcount == 1
 
     def redeploy(self, endpoint_id: str, **fields: Any) -> int:

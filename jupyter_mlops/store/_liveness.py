@@ -28,7 +28,7 @@ def stale_heartbeat(row: dict[str, Any], lost_after: float, now: float | None = 
                     ) -> str | None:
     """Why the run's heartbeat says its job is gone, or None while it beats."""
     now = time.time() if now is None else now
-    beat = row["heartbeat_at"] or row["started_at"] or row["created_at"]
+    beat = row["heartbeat_at"] or row.get("started_at") or row["created_at"]  # endpoints: none
     if now - beat <= lost_after:
         return None
     return f"no heartbeat for {now - beat:.0f} s: the job process vanished"

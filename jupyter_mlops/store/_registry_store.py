@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
 from . import _schema as t
-from ._store import Store
+from ._store import Store, record_event
 
 ModelRow = dict[str, Any]
 
@@ -118,6 +118,7 @@ class RegistryStore:
                      for p, s, h in files],
                 )
             row = conn.execute(self._model_query().where(v.c.id == version_id)).one()
+            record_event(conn, "model.registered", name, version=version)
             return self._with_aliases(conn, [dict(row._mapping)])[0], True
 
     def model_versions(
@@ -193,6 +194,7 @@ class RegistryStore:
                 raise NotFound(f"model version {version_id} was deleted")
             merged = {k: x for k, x in {**tags, **set_tags}.items() if k not in remove}
             conn.execute(v.update().where(v.c.id == version_id).values(tags=merged))
+            self._model_event(conn, "model.updated", version_id)
             return merged
 
     def set_model_alias(self, model_id: int, alias: str, version_id: int) -> int | None:
@@ -205,25 +207,38 @@ class RegistryStore:
             conn.execute(a.delete().where(a.c.model_id == model_id, a.c.alias == alias))
             conn.execute(a.insert().values(model_id=model_id, alias=alias,
                                            version_id=version_id, updated_at=time.time()))
+            self._model_event(conn, "model.updated", version_id)
             return before
 
     def remove_model_alias(self, model_id: int, alias: str) -> bool:
         a = t.model_aliases
         with self.store.write() as conn:
+            version_id = conn.execute(sa.select(a.c.version_id).where(
+                a.c.model_id == model_id, a.c.alias == alias)).scalar()
             result = conn.execute(
                 a.delete().where(a.c.model_id == model_id, a.c.alias == alias)
             )
+            if version_id is not None:
+                self._model_event(conn, "model.updated", version_id)
             return result.rowcount == 1
 
     def delete_model_version(self, version_id: int) -> bool:
         """Remove a version's rows (files, aliases, the version) in one transaction."""
         with self.store.write() as conn:
+            self._model_event(conn, "model.deleted", version_id)
             conn.execute(t.model_aliases.delete().where(t.model_aliases.c.version_id == version_id))
             conn.execute(t.model_files.delete().where(t.model_files.c.version_id == version_id))
             result = conn.execute(
                 t.model_versions.delete().where(t.model_versions.c.id == version_id)
             )
             return result.rowcount == 1
+
+    def _model_event(self, conn: Connection, kind: str, version_id: int) -> None:
+        row = conn.execute(sa.select(t.models.c.name, t.model_versions.c.version)
+                           .join(t.models, t.model_versions.c.model_id == t.models.c.id)
+                           .where(t.model_versions.c.id == version_id)).first()
+        if row is not None:
+            record_event(conn, kind, row[0], version=row[1])
 
     def model_storages(self) -> set[str]:
         with self.store.read() as conn:
@@ -263,6 +278,7 @@ class RegistryStore:
             row = conn.execute(
                 self._dataset_query().where(v.c.id == int(result.inserted_primary_key[0]))
             ).one()
+            record_event(conn, "dataset.registered", name, version=version)
             return dict(row._mapping), True
 
     def dataset_versions(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -295,6 +311,11 @@ class RegistryStore:
             tags = conn.execute(sa.select(v.c.tags).where(v.c.id == version_id)).scalar()
             merged = {**(tags or {}), **set_tags}
             conn.execute(v.update().where(v.c.id == version_id).values(tags=merged))
+            row = conn.execute(sa.select(t.datasets.c.name, v.c.version)
+                               .join(t.datasets, v.c.dataset_id == t.datasets.c.id)
+                               .where(v.c.id == version_id)).first()
+            if row is not None:
+                record_event(conn, "dataset.updated", row[0], version=row[1])
             return merged
 
     def dataset_storages(self) -> set[str]:

@@ -54,9 +54,9 @@ runs = sa.Table(
     sa.Column("trial_number", sa.Integer, nullable=True),
     # why a stop was requested, in words: "canceled by request", or a pruner's verdict
     sa.Column("stop_reason", sa.Text, nullable=True),
-    # listings: newest first, overall and per experiment (migration 0005)
-    sa.Index("ix_runs_created", "created_at"),
-    sa.Index("ix_runs_experiment_created", "experiment_id", "created_at"),
+    # listings: newest first, overall and per experiment, paged by (created_at, id) (0008)
+    sa.Index("ix_runs_created_id", "created_at", "id"),
+    sa.Index("ix_runs_experiment_created_id", "experiment_id", "created_at", "id"),
 )
 
 sweeps = sa.Table(
@@ -245,4 +245,20 @@ endpoint_logs = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("wall_time", sa.Float, nullable=False),
     sa.Index("ix_endpoint_logs_endpoint", "endpoint_id", "id"),
+)
+
+# -- the change feed (migration 0008) ------------------------------------------------------
+# One row per change readers follow (a run created or changing status, a registry change, an
+# endpoint's status); ``id`` is the cursor. Written in the transaction of the change itself,
+# so a reader never sees a change without its event or the reverse. Metric points have no
+# events (logging is hot): the feed reports new points from the metrics ids themselves.
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # run.created, run.status, model.registered..
+    sa.Column("subject", sa.String(255), nullable=False),  # a run, sweep or endpoint id; a name
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("wall_time", sa.Float, nullable=False),
 )

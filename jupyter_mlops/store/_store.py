@@ -40,6 +40,14 @@ ACTIVE = ("queued", "starting", "running")
 ALL_STATUSES = (*ACTIVE, *TERMINAL)
 
 MetricRow = tuple[str, int, float, float]  # key, step, value, wall_time
+RunKey = tuple[float, str]  # (created_at, id): where a keyset page of runs ends
+
+
+def record_event(conn: Connection, kind: str, subject: str, **payload: Any) -> None:
+    """Append a change to the feed (``events``), in the caller's write transaction: the
+    change and its event commit together or not at all."""
+    conn.execute(t.events.insert().values(kind=kind, subject=str(subject), payload=payload,
+                                          wall_time=time.time()))
 
 
 def new_run_id() -> str:
@@ -234,13 +242,16 @@ class Store:
                     **fields,
                 )
             )
+            record_event(conn, "run.created", run_id, status=fields["status"], name=name,
+                         experiment=experiment)
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run that never started (its submission failed half-way), with its rows."""
         with self.write() as conn:
             for table in (t.artifacts, t.metrics, t.logs, t.run_inputs):
                 conn.execute(table.delete().where(table.c.run_id == run_id))
-            conn.execute(t.runs.delete().where(t.runs.c.id == run_id))
+            if conn.execute(t.runs.delete().where(t.runs.c.id == run_id)).rowcount:
+                record_event(conn, "run.deleted", run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         with self.write() as conn:
@@ -278,6 +289,8 @@ class Store:
                 .where(t.runs.c.id == run_id, t.runs.c.status.in_(only_from))
                 .values(status=status, **fields)
             )
+            if result.rowcount == 1:
+                record_event(conn, "run.status", run_id, status=status)
             return result.rowcount == 1
 
     def heartbeat(self, run_id: str) -> None:
@@ -354,9 +367,27 @@ class Store:
         parent_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        before: RunKey | None = None,
+        text: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Run rows, newest first, filtered and paged in SQL (one query)."""
-        query = self._run_query().order_by(t.runs.c.created_at.desc(), t.runs.c.id.desc())
+        """Run rows, newest first, filtered and paged in SQL (one query).
+
+        ``before`` pages by keyset: only runs older than that (created_at, id) key, so a
+        reader paging through a growing workspace sees each run once (new runs are newer
+        than its first page) and each page costs the same however deep. ``text`` keeps runs
+        whose name or parameters contain it (case-insensitive).
+        """
+        runs = t.runs
+        query = self._run_query().order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if before is not None:
+            created, run_id = before
+            query = query.where(sa.or_(runs.c.created_at < created, sa.and_(
+                runs.c.created_at == created, runs.c.id < run_id)))
+        if text:
+            pattern = "%" + _escape_like(text) + "%"
+            query = query.where(sa.or_(
+                runs.c.name.ilike(pattern, escape="\\"),
+                sa.cast(runs.c.params, sa.Text).ilike(pattern, escape="\\")))
         if experiment is not None:
             query = query.where(t.experiments.c.name == experiment)
         if status is not None:
@@ -398,6 +429,8 @@ class Store:
             conn.execute(t.sweeps.insert().values(
                 id=sweep_id, name=name, experiment_id=self.experiment_id(conn, experiment),
                 status="queued", spec=spec, created_at=time.time()))
+            record_event(conn, "sweep.created", sweep_id, status="queued", name=name,
+                         experiment=experiment)
 
     def update_sweep(self, sweep_id: str, **fields: Any) -> None:
         with self.write() as conn:
@@ -412,6 +445,8 @@ class Store:
                 t.sweeps.update()
                 .where(t.sweeps.c.id == sweep_id, t.sweeps.c.status.in_(only_from))
                 .values(status=status, **fields))
+            if result.rowcount == 1:
+                record_event(conn, "sweep.status", sweep_id, status=status)
             return result.rowcount == 1
 
     def _sweep_query(self) -> sa.Select:
@@ -555,14 +590,45 @@ class Store:
             with self.write() as conn:
                 conn.execute(t.logs.insert(), batch)
 
-    def log_chunks(self, run_id: str, after_id: int = 0) -> list[tuple[int, str, str]]:
+    def log_chunks(self, run_id: str, after_id: int = 0, limit: int | None = None
+                   ) -> list[tuple[int, str, str]]:
         query = (
             sa.select(t.logs.c.id, t.logs.c.stream, t.logs.c.text)
             .where(t.logs.c.run_id == run_id, t.logs.c.id > after_id)
             .order_by(t.logs.c.id)
         )
+        if limit:
+            query = query.limit(limit)
         with self.read() as conn:
             return [tuple(r) for r in conn.execute(query)]
+
+    # -- the change feed ------------------------------------------------------------------
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Changes after the cursor ``after_id``, oldest first (at most ``limit``)."""
+        e = t.events
+        query = (sa.select(e.c.id, e.c.kind, e.c.subject, e.c.payload, e.c.wall_time)
+                 .where(e.c.id > after_id).order_by(e.c.id).limit(limit))
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def feed_heads(self) -> tuple[int, int]:
+        """The newest event id and the newest metric id: where a follower starts."""
+        with self.read() as conn:
+            newest_event = conn.execute(sa.select(sa.func.max(t.events.c.id))).scalar()
+            newest_metric = conn.execute(sa.select(sa.func.max(t.metrics.c.id))).scalar()
+        return int(newest_event or 0), int(newest_metric or 0)
+
+    def metrics_since(self, after_id: int, upto_id: int) -> list[tuple[str, int, int]]:
+        """``(run_id, newest metric id, points)`` of every run that logged points with a
+        metric id in (``after_id``, ``upto_id``]: a range of the primary key, so nothing new
+        costs one seek and a bounded range a bounded scan."""
+        m = t.metrics
+        query = (sa.select(m.c.run_id, sa.func.max(m.c.id), sa.func.count())
+                 .where(m.c.id > after_id, m.c.id <= upto_id).group_by(m.c.run_id))
+        with self.read() as conn:
+            return [(run_id, int(newest), int(count))
+                    for run_id, newest, count in conn.execute(query)]
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -683,6 +749,10 @@ def _insert_metrics_sqlite(conn: Connection, run_id: str, rows: Sequence[MetricR
             _INSERT_METRIC_ONE,
             [(run_id, *flat[i : i + 4]) for i in range(4 * full, len(flat), 4)],
         )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _nan_if_null(value: float | None) -> float:

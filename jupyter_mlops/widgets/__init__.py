@@ -1,24 +1,20 @@
 """Notebook views of the workspace: the live run widget, the sweep leaderboard and the runs
-table. Each takes the ``store.Backend`` and an id, and reads the store from one thread."""
+table. Each takes the ``store.Backend`` and an id, and reads the store from one thread.
 
-from ._display import finalize, in_kernel, show_live, show_run_widget
-from ._downsample import minmax_downsample
-from ._feed import RunFeed
-from ._run_widget import RunWidget
-from ._runs_table import RunsTable
+Names are imported on first use (PEP 562): the REST server uses the series cache and the
+downsampling without loading ipywidgets and bqplot.
+"""
 
-__all__ = ["EndpointWidget", "RunFeed", "RunWidget", "RunsTable", "SweepWidget", "finalize", "in_kernel",
-           "minmax_downsample", "show_live", "show_run_widget"]
+from .._lazy import lazy_names
 
+_LAZY = {
+    "finalize": "_display", "in_kernel": "_display", "show_live": "_display",
+    "show_run_widget": "_display", "minmax_downsample": "_downsample", "RunFeed": "_feed",
+    "SeriesCache": "_history", "RunWidget": "_run_widget", "RunsTable": "_runs_table",
+    "EndpointWidget": "_endpoint_widget", "SweepWidget": "_sweep_widget",
+}
 
-def __getattr__(name: str) -> object:
-    # The sweep view imports the sweep services (Optuna): only when a sweep is shown.
-    if name == "EndpointWidget":
-        from ._endpoint_widget import EndpointWidget
+__all__ = ["EndpointWidget", "RunFeed", "RunWidget", "RunsTable", "SeriesCache", "SweepWidget",
+           "finalize", "in_kernel", "minmax_downsample", "show_live", "show_run_widget"]
 
-        return EndpointWidget
-    if name == "SweepWidget":
-        from ._sweep_widget import SweepWidget
-
-        return SweepWidget
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

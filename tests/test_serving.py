@@ -123,7 +123,8 @@ def test_the_seeds_flow_a_base64_image_in_the_predicted_digit_out(served) -> Non
         assert answer["version"] == 1
         right += answer["digit"] == labels[i]
     assert right >= 18  # the model is good: the digit really came from it
-    assert "init done: model loaded" in endpoint.logs()
+    wait_until(lambda: "init done: model loaded" in endpoint.logs(), timeout=30,
+               what="init()'s output in the endpoint's log")
     stats = wait_until(lambda: endpoint.stats["requests"] >= 20 and endpoint.stats,
                        timeout=30, what="the request figures to reach the store")
     assert stats["p50"] is not None and stats["p99"] >= stats["p50"]
@@ -359,7 +360,8 @@ def test_cli_deploy_and_endpoints_verbs(ws, digits, tmp_path) -> None:
     listed = json.loads(cli("endpoints", "ls", "--json").stdout)
     assert [e["name"] for e in listed] == ["cli-ep"] and "key" not in listed[0]
     assert "ready" in cli("endpoints", "show", "cli-ep").stdout
-    assert "init done: model loaded" in cli("endpoints", "logs", "cli-ep").stdout
+    wait_until(lambda: "init done: model loaded" in cli("endpoints", "logs", "cli-ep").stdout,
+               timeout=60, what="init()'s output in `endpoints logs`")
     refused = cli("deploy", "digits", "--host", "0.0.0.0", "--no-auth")
     assert refused.returncode == 2 and "without a key" in refused.stderr
     assert cli("endpoints", "delete", "cli-ep").returncode == 0

@@ -19,15 +19,18 @@ be valid first, so ``json.loads`` in ``run()`` never fails on it), or as bytes f
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import json
+import secrets
 import threading
 import time
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 TEXT_TYPES = ("application/json", "text/plain")
@@ -83,17 +86,45 @@ def encode_result(value: Any) -> bytes:
                          "lists, dicts, numbers and strings") from None
 
 
+class RunPool:
+    """Threads that call ``run()``, with a timeout per call.
+
+    A call past its timeout cannot be stopped (Python threads cannot be killed): its thread
+    is left to finish, and once half the pool is held by such calls, new calls go to a fresh
+    pool, so requests after a few hung ones are still served.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.executor = ThreadPoolExecutor(size, thread_name_prefix="mlops-run")
+        self.abandoned = 0
+
+    async def call(self, run: Callable[[Any], Any], data: Any, timeout: float) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self.executor, run, data)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.abandoned += 1
+            if self.abandoned * 2 >= self.size:
+                old, self.executor = self.executor, ThreadPoolExecutor(
+                    self.size, thread_name_prefix="mlops-run")
+                old.shutdown(wait=False)
+                self.abandoned = 0
+            raise
+
+
 def build_app(run: Callable[[Any], Any], *, key_hash: str | None, max_body: int,
               timeout: float, threads: int, is_ready: Callable[[], bool],
               stats: Stats, log: Callable[[str], None]) -> Any:
     """The Starlette app calling ``run`` in a pool of ``threads`` threads."""
-    import anyio
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    limiter = anyio.CapacityLimiter(max(1, threads))
+    pool = RunPool(max(1, threads))
+    ids = itertools.count(1)
+    prefix = secrets.token_hex(3)  # request ids: unique per worker, no syscall per request
 
     def error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
         body: dict[str, Any] = {"error": message}
@@ -114,8 +145,10 @@ def build_app(run: Callable[[Any], Any], *, key_hash: str | None, max_body: int,
     async def read_body(request: Request) -> bytes | None:
         """The body, or None once it passes ``max_body`` (nothing more is read)."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            return None
+        if declared is not None and declared.isdigit():
+            if int(declared) > max_body:
+                return None
+            return await request.body()  # bounded by the declared length
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -126,7 +159,7 @@ def build_app(run: Callable[[Any], Any], *, key_hash: str | None, max_body: int,
 
     async def score(request: Request) -> Response:
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:12]
+        request_id = f"{prefix}{next(ids):06x}"
         response = await _score(request, request_id)
         response.headers["x-request-id"] = request_id
         stats.record(time.perf_counter() - started, response.status_code < 400)
@@ -161,9 +194,7 @@ def build_app(run: Callable[[Any], Any], *, key_hash: str | None, max_body: int,
                 except ValueError as exc:
                     return error(400, f"malformed JSON: {exc}")
         try:
-            with anyio.fail_after(timeout):
-                result = await anyio.to_thread.run_sync(
-                    run, data, limiter=limiter, abandon_on_cancel=True)
+            result = await pool.call(run, data, timeout)
         except TimeoutError:
             log(f"request {request_id}: run() took longer than {timeout:g} s; answered 504")
             return error(504, f"run() did not answer within {timeout:g} s", request_id)

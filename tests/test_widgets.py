@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import jupyter_mlops as mlops
-from jupyter_mlops.widgets import RunWidget, minmax_downsample
 from jupyter_mlops.store import new_run_id
+from jupyter_mlops.widgets import minmax_downsample
 
 from .conftest import wait_until
 
@@ -80,7 +80,7 @@ def test_attach_after_restart_shows_the_whole_history_then_follows(ws) -> None:
         wait_until(lambda: len(widget.charts["loss"].line.x) == 501, timeout=10,
                    what="the widget to pick up the new point")
         ws.store.set_status(run_id, "completed")
-        wait_until(lambda: not widget._thread.is_alive(), timeout=10,
+        wait_until(lambda: not widget.following, timeout=10,
                    what="the widget to stop following a finished run")
         assert "completed" in widget.header_view.value
     finally:
@@ -173,8 +173,12 @@ def test_log_pane_is_bounded(ws, lines) -> None:
                                    time.time())])
     widget = ws.get_run(run_id).widget(log_lines=lines)
     assert widget.feed.log_text() == "line 47\nline 48\nline 49"
-    widget.full_log_button.value = True
-    assert widget.full_log_view.value.count("\n") == 50  # the whole log, one click away
+    widget.full_log_button.value = True  # the whole log, one click away, instead of the tail
+    try:
+        wait_until(lambda: "line 0\n" in widget.log_view.value, timeout=10, what="the full log")
+        assert widget.log_view.value.count("line ") == 50
+    finally:
+        widget.stop()
 
 
 def test_headless_notebook_run_keeps_the_static_result(ws_dir, tmp_path) -> None:
@@ -214,23 +218,34 @@ def test_runs_table_sorts_by_any_column_and_goes_live(ws) -> None:
     table = RunsTable(ws.backend, poll_interval=0.05)
     try:
         assert "metric.acc" in table.sort_by.options and "param.lr" in table.sort_by.options
-        table.sort_by.value = "metric.acc"
+        table.sort_by.value = "metric.acc"  # a request: the poller redraws
+        wait_until(lambda: ">b<" in table.table_view.value and table.table_view.value.index(
+            ">b<") < table.table_view.value.index(">a<"), timeout=10, what="sorted desc")
         assert list(table.sorted_frame()["name"]) == ["b", "c", "a"]
-        table.descending.value = False
+        table.order.value = "asc"
         assert list(table.sorted_frame()["name"]) == ["a", "c", "b"]
-        page = table.table_view.value
-        assert page.index(">a<") < page.index(">c<") < page.index(">b<")
-        # A new run that is still going appears with its live status, then its ending.
+        wait_until(lambda: (lambda p: p.index(">a<") < p.index(">c<") < p.index(">b<"))(
+            table.table_view.value), timeout=10, what="sorted asc")
+        assert "metric.acc ↑" in table.table_view.value
+        # Header cells are padded and nothing wraps (names, timestamps).
+        assert "padding:4px 12px" in table.table_view.value
+        assert "white-space:nowrap" in table.table_view.value
+        # A run started later appears without Refresh, with its live status, then its end;
+        # the table goes on following although no run was active before.
         run_id = new_run_id()
         ws.store.create_run(run_id, "d", "cmp", status="running", started_at=time.time(),
                             heartbeat_at=time.time())
-        table.refresh()
-        table._thread = threading.Thread(target=table._follow, daemon=True)
-        table._thread.start()
-        wait_until(lambda: "running" in table.table_view.value, timeout=10, what="running")
+        wait_until(lambda: ">d<" in table.table_view.value and "running" in
+                   table.table_view.value, timeout=10, what="the new run")
         ws.store.set_status(run_id, "completed")
         wait_until(lambda: "running" not in table.table_view.value, timeout=10,
                    what="the table to show the ending")
-        assert "text/html" in table._repr_mimebundle_()
+        later = new_run_id()
+        ws.store.create_run(later, "e-started-later", "cmp", status="queued")
+        wait_until(lambda: "e-started-later" in table.table_view.value, timeout=10,
+                   what="a run created once nothing was active")
+        bundle = table._repr_mimebundle_()
+        assert "text/html" in bundle and "e-started-later" in bundle["text/plain"]
+        assert " 0 " not in bundle["text/plain"].splitlines()[1][:3]  # no index column
     finally:
         table.stop()

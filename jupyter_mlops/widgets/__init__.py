@@ -7,8 +7,9 @@ from ._feed import RunFeed
 from ._run_widget import RunWidget
 from ._runs_table import RunsTable
 
-__all__ = ["EndpointWidget", "RunFeed", "RunWidget", "RunsTable", "SweepWidget", "finalize", "in_kernel",
-           "minmax_downsample", "show_live", "show_run_widget"]
+__all__ = ["EndpointWidget", "RegistryTable", "RunFeed", "RunWidget", "RunsTable", "SweepWidget",
+           "TargetsTable", "finalize", "in_kernel", "minmax_downsample", "show_live",
+           "show_run_widget"]
 
 
 def __getattr__(name: str) -> object:
@@ -17,6 +18,10 @@ def __getattr__(name: str) -> object:
         from ._endpoint_widget import EndpointWidget
 
         return EndpointWidget
+    if name in ("RegistryTable", "TargetsTable"):
+        from . import _tables
+
+        return getattr(_tables, name)
     if name == "SweepWidget":
         from ._sweep_widget import SweepWidget
 

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from ..store import Backend
-from ._live import show_live
+from ._live import show_live, shown
 from ._run_widget import RunWidget
 
-__all__ = ["finalize", "in_kernel", "show_live", "show_run_widget"]
+__all__ = ["finalize", "in_kernel", "show_live", "show_run_widget", "shown"]
 
 
 def in_kernel() -> bool:

@@ -17,11 +17,12 @@ A view is shown as two outputs (``show_live``):
 Why two outputs: JupyterLab renders one MIME type per output, and prefers the widget view
 whenever the notebook is trusted; when the widget's model is gone (kernel restarted, notebook
 reopened) ipywidgets' renderer writes "Error displaying widget: model not found" and never
-falls back to the ``text/html`` beside it. The static output carries a small stylesheet that
-hides itself while the widget beside it is alive (``.mlops-live``) and hides that error text
-when it is not, so JupyterLab and Notebook 7 show the live view *or* the static one, never
-both and never the error. Renderers without widgets (nbconvert, GitHub, papermill output)
-show the static output and an empty line for the widget.
+falls back to the ``text/html`` beside it. The static output carries a small stylesheet
+that hides itself while the widget beside it is alive (``.mlops-live``), and hides that error
+text (or "Loading widget...": any text-only widget output) when it is not, so JupyterLab and
+Notebook 7 show the live view *or* the static one, never both and never the error. Renderers
+without widgets (nbconvert, GitHub, papermill output) show the static output and an empty line
+for the widget.
 """
 
 from __future__ import annotations
@@ -30,20 +31,26 @@ import html
 import queue
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
-# Needs CSS :has() (Chromium 105+, Firefox 121+, Safari 15.4+). Scoped to the output right
-# after a widget output, so the static forms of other cells are untouched.
+# Needs CSS :has() (Chromium 105+, Firefox 121+, Safari 15.4+), which cannot nest. Scoped to
+# the output right after a widget output, so the static forms of other cells are untouched. A
+# widget renderer's node is the output without a data-mime-type (JupyterLab 4 sets it on the
+# others); without a live view inside, it holds only "Loading widget..." or the error.
 FALLBACK_CSS = (
     "<style>"
     ".jp-OutputArea-child:has(.mlops-live)+.jp-OutputArea-child:has(.mlops-static){display:none}"
-    ".jp-OutputArea-child:has(>.jp-OutputArea-output.jupyter-widgets:not(:has(*)))"
+    ".jp-OutputArea-child:has(>.jp-OutputArea-output:not([data-mime-type])):not(:has(.mlops-live))"
     ":has(+.jp-OutputArea-child .mlops-static){display:none}"
     "</style>"
 )
+
+
+shown: deque[Any] = deque(maxlen=50)  # the views displayed last (tools and tests find them)
 
 
 class LiveView:
@@ -175,5 +182,6 @@ def show_live(view: Any) -> Any:
     display({WIDGET_MIME: widget_bundle[WIDGET_MIME], "text/plain": ""}, raw=True)
     view._final_sent = view.finished  # the static form sent now is already the final one
     view._static_handle = display(view.static_bundle(), raw=True, display_id=True)
+    shown.append(view)
     view.start()
     return view._static_handle

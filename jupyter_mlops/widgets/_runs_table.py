@@ -17,7 +17,7 @@ from ._live import LiveView, error_html
 FIRST_COLUMNS = ["name", "experiment", "status", "created", "duration_s"]
 TH = ("padding:4px 12px 4px 0;text-align:left;white-space:nowrap;"
       "border-bottom:1px solid #bbb;position:sticky;top:0;background:var(--jp-layout-color0,#fff)")
-TD = "padding:2px 12px 2px 0;white-space:nowrap"
+TD = "padding:2px 12px 2px 0;white-space:nowrap;text-align:left"
 NAME_WIDTH = "22em"  # longer names are cut with an ellipsis (the whole name on hover)
 
 
@@ -84,8 +84,7 @@ class RunsTable(LiveView, w.VBox):
                 self.count_view.value = count
 
         # The saved notebook keeps the static form: follow the table, at most every 5 s.
-        if self._static_stale and self._static_handle is not None and \
-                time.monotonic() - self._static_sent_at > 5:
+        if self._static_stale and self._static_handle is not None:
             self._static_stale, self._static_sent_at = False, time.monotonic()
             self._static_handle.update(self.static_bundle(), raw=True)
 

@@ -148,8 +148,7 @@ class _ParamChart:
                                colors=["#f9a825"], stroke_width=2.5, tooltip=tooltip)
         self.figure = bq.Figure(
             marks=[*self.marks.values(), self.best], title=f"{metric} by {axis.name}",
-            axes=[axis.axis(), bq.Axis(scale=self.y_scale, side="left", tick_format=".3~g",
-                                       num_ticks=5)],
+            axes=[axis.axis(), bq.Axis(scale=self.y_scale, side="left", tick_format=".3~g")],
             fig_margin={"top": 36, "bottom": 44, "left": 56, "right": 16},
             layout=w.Layout(width="320px", height="250px"),
             title_style={"font-size": "13px"})
@@ -184,15 +183,15 @@ class _Overlay:
     pruned trial's line ends where it stopped, with a cross."""
 
     def __init__(self, metric: str):
-        self.x_scale, self.y_scale = bq.LinearScale(), bq.LinearScale()
+        self.x_scale, self.y_scale = bq.LinearScale(min=0), bq.LinearScale()
         self.lines: dict[str, bq.Lines] = {}
         self.ends = bq.Scatter(x=[], y=[], scales={"x": self.x_scale, "y": self.y_scale},
                                marker="cross", colors=[status_colour("pruned")],
                                default_size=60)
         self.figure = bq.Figure(
             marks=[self.ends], title=f"{metric} by step, every trial",
-            axes=[bq.Axis(scale=self.x_scale, label="step", tick_format=".4~g", num_ticks=5),
-                  bq.Axis(scale=self.y_scale, side="left", tick_format=".3~g", num_ticks=5)],
+            axes=[bq.Axis(scale=self.x_scale, label="step", tick_format="d", tick_values=[0]),
+                  bq.Axis(scale=self.y_scale, side="left", tick_format=".3~g")],
             fig_margin={"top": 36, "bottom": 44, "left": 56, "right": 16},
             interaction=bq.interacts.PanZoom(scales={"x": [self.x_scale],
                                                      "y": [self.y_scale]}),
@@ -224,6 +223,10 @@ class _Overlay:
                     line.x, line.y = np.asarray(xs, float), np.asarray(ys, float)
         if added:
             self.figure.marks = [*self.lines.values(), self.ends]
+        last = max((max(series[r["id"]][0], default=0) for r in shown), default=0)
+        ticks = [int(t) for t in nice_ticks(0, max(1, last), 5) if float(t).is_integer()]
+        if list(self.figure.axes[0].tick_values) != ticks:
+            self.figure.axes[0].tick_values = ticks
         pruned = [r for r in shown if r["status"] == "pruned" and series[r["id"]][0]]
         with self.ends.hold_sync():
             self.ends.x = [series[r["id"]][0][-1] for r in pruned]
@@ -242,18 +245,14 @@ class _Parallel:
         scales = {"x": self.x_scale, "y": self.y_scale}
         self.lines = bq.Lines(x=names, y=[[0.0] * len(names)], scales=scales, colors=["#ccc"],
                               stroke_width=1.5, opacities=[0])
-        self.low = bq.Label(x=names, y=[0.0] * len(names), text=[""] * len(names),
-                            scales=scales, align="middle", y_offset=14, default_size=10,
-                            colors=["#555"])
-        self.high = bq.Label(x=names, y=[1.0] * len(names), text=[""] * len(names),
-                             scales=scales, align="middle", y_offset=-6, default_size=10,
-                             colors=["#555"])
         self.figure = bq.Figure(
-            marks=[self.lines, self.low, self.high], title="parameters → " + metric,
+            marks=[self.lines], title="parameters → " + metric,
             axes=[bq.Axis(scale=self.x_scale, grid_lines="solid")],
-            fig_margin={"top": 44, "bottom": 36, "left": 30, "right": 30},
-            layout=w.Layout(width="380px", height="250px"), title_style={"font-size": "13px"})
-        self.figure.add_class("mlops-sweep-parallel")
+            fig_margin={"top": 36, "bottom": 36, "left": 30, "right": 30},
+            layout=w.Layout(width="380px", height="230px"), title_style={"font-size": "13px"})
+        self.caption = w.HTML()
+        self.view = w.VBox([self.figure, self.caption], layout=w.Layout(width="380px"))
+        self.view.add_class("mlops-sweep-parallel")
 
     def update(self, scored: list[dict[str, Any]], maximize: bool) -> None:
         if not scored:
@@ -267,12 +266,15 @@ class _Parallel:
             ys.append([a.unit(row["params"].get(a.name)) for a in self.axes] + [quality])
             shade = quality if maximize else 1 - quality
             colours.append(_shade(shade))
-        lows = [_axis_end(a, 0) for a in self.axes] + [_static.fmt(low)]
-        highs = [_axis_end(a, 1) for a in self.axes] + [_static.fmt(high)]
+        ranges = [f"{html.escape(a.name)} {_axis_end(a, 0)}&ndash;{_axis_end(a, 1)}"
+                  + (" (log)" if a.kind == "loguniform" else "") for a in self.axes]
+        ranges.append(f"{html.escape(self.metric)} {_static.fmt(low)}&ndash;{_static.fmt(high)}")
+        caption = ("<div style='font-size:85%;color:#555;padding:0 30px'>bottom&ndash;top: "
+                   + " · ".join(ranges) + "; darker is better</div>")
         with self.lines.hold_sync():
             self.lines.y, self.lines.colors, self.lines.opacities = ys, colours, [0.9] * len(ys)
-        if list(self.low.text) != lows:
-            self.low.text, self.high.text = lows, highs
+        if self.caption.value != caption:
+            self.caption.value = caption
 
 
 def _axis_end(axis: _ParamAxis, end: int) -> str:
@@ -329,14 +331,16 @@ class SweepWidget(LiveView, w.VBox):
         self.parallel = _Parallel(self.param_axes, self.spec.metric)
         self.legend_view = w.HTML(_legend_html())
         self.chart_box = w.Box([self.overlay.figure, *[c.figure for c in self.charts.values()],
-                                self.parallel.figure],
+                                self.parallel.view],
                                layout=w.Layout(flex_flow="row wrap"))
 
         columns = [*SORT_COLUMNS[:3], self.spec.metric, *SORT_COLUMNS[3:], *space]
         self.sort_by = w.Dropdown(description="sort by", options=columns, value="rank",
                                   layout=w.Layout(width="230px"))
         self.sort_order = w.ToggleButtons(options=[("↑ asc", "asc"), ("↓ desc", "desc")],
-                                          value="asc", style={"button_width": "64px"})
+                                          value="asc", style={"button_width": "84px"})
+        self.sort_by.add_class("mlops-sweep-sort")
+        self.sort_order.add_class("mlops-sweep-order")
         self.sort_by.observe(self._on_sort, names=["value"])
         self.sort_order.observe(self._on_sort, names=["value"])
         self.board = w.HTML(layout=w.Layout(max_height="26em", overflow="auto"))
@@ -461,16 +465,14 @@ class SweepWidget(LiveView, w.VBox):
             at_once = "one trial" if slots == 1 else f"{slots} trials"
             text = (f"Trials wait: --concurrency {concurrency}, but target "
                     f"{html.escape(self.spec.target)} has {slots} {kind} slot"
-                    f"{'s' if slots != 1 else ''} for them, so {at_once} at a time"
-                    + (" (JUPYTER_MLOPS_CPU_SLOTS or LocalTarget.cpu_slots adds CPU slots)"
-                       if kind == "CPU" else ""))
+                    f"{'s' if slots != 1 else ''}, so {at_once} at a time"
+                    + (" (JUPYTER_MLOPS_CPU_SLOTS adds CPU slots)" if kind == "CPU" else ""))
         elif counts["queued"]:
             text = (f"{counts['queued']} queued: trials wait for a free slot "
                     "(other runs may hold some: %mlops targets)")
         else:
             text = f"up to {concurrency} trials at once"
-        return (f"<div style='white-space:nowrap;overflow:hidden;text-overflow:ellipsis;"
-                f"padding-left:10px;color:#555' title='{html.escape(text)}'>{text}</div>")
+        return f"<div style='padding-left:10px;color:#555;line-height:1.3'>{text}</div>"
 
     def ranked(self) -> list[dict[str, Any]]:
         maximize = self.spec.goal == "maximize"
@@ -527,10 +529,11 @@ class SweepWidget(LiveView, w.VBox):
                        for h, k in zip(heads, keys, strict=False))
         best = best_trial(self.rows, self.spec)
         body = []
-        td = "padding:2px 10px;white-space:nowrap"
+        td = "padding:2px 10px;white-space:nowrap;text-align:left"
         for rank, row in self.sorted_rows():
             last_step = row["steps"] - 1 if row["steps"] else None
             reason = row["error"] if row["status"] != "completed" and row["error"] else ""
+            reason = reason.removeprefix("pruned: ")  # the status column says so already
             if reason and row["status"] == "pruned" and last_step is not None:
                 reason += f"; it stopped after step {last_step}"
             star = " ★" if best is not None and row["id"] == best["id"] else ""
@@ -543,7 +546,8 @@ class SweepWidget(LiveView, w.VBox):
                      *[_static.fmt(row["params"].get(n)) for n in names]]
             style = " style='background:#fff8e1'" if star else ""
             body.append(f"<tr{style}>" + "".join(f"<td style='{td}'>{c}</td>" for c in cells)
-                        + f"<td style='padding:2px 10px;font-size:90%;min-width:24em'>"
+                        + f"<td style='{td};font-size:90%;max-width:34em;overflow:hidden;"
+                          f"text-overflow:ellipsis' title='{html.escape(reason)}'>"
                           f"{html.escape(reason)}</td></tr>")
         return (f"<table style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>" if body else "<i>no trials yet</i>")

@@ -21,7 +21,7 @@ from ._live import LiveView, error_html
 
 TH = ("padding:4px 14px 4px 0;text-align:left;white-space:nowrap;"
       "border-bottom:1px solid #bbb")
-TD = "padding:2px 14px 2px 0;white-space:nowrap"
+TD = "padding:2px 14px 2px 0;white-space:nowrap;text-align:left"
 
 
 def frame_html(frame: pd.DataFrame, empty: str, css: str = "") -> str:

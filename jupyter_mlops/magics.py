@@ -137,7 +137,7 @@ class MlopsMagics(Magics):
                   f"`%mlops attach {run.id}`, stop it with `%mlops cancel {run.id}`.")
             return run
         if view is not None:
-            finalize(*view)
+            finalize(*view)  # the saved notebook holds the final state when the cell returns
             run._already_shown = True
         if status == "completed":
             if outputs:
@@ -267,31 +267,21 @@ class MlopsMagics(Magics):
 
     @line_magic
     def mlops(self, line: str) -> Any:
-        """%mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | models [NAME[:V]] |
-        datasets [NAME[:V]] | endpoints | targets"""
+        """%mlops runs [EXPERIMENT] | show RUN | attach RUN|SWEEP|runs | cancel RUN |
+        models [NAME[:V]] | datasets [NAME[:V]] | endpoints | targets"""
         words = shlex.split(line)
         verb, rest = (words[0], words[1:]) if words else ("", [])
         try:
             ws = workspace()
             if verb == "runs" and len(rest) <= 1:
-                from .widgets import RunsTable, in_kernel
-
-                experiment = rest[0] if rest else None
-                if in_kernel():
-                    return RunsTable(ws, experiment=experiment)
-                frame = ws.runs_dataframe(experiment=experiment)
-                return frame.head(50) if len(frame) else print("no runs yet")
-            if verb in ("show", "attach", "cancel") and len(rest) == 1:
+                return self._runs_table(ws, rest[0] if rest else None)
+            if verb == "attach" and len(rest) == 1:
+                return self._attach(ws, rest[0])
+            if verb in ("show", "cancel") and len(rest) == 1:
                 run = ws.get_run(rest[0])
                 if verb == "show":
                     print(run.describe())
                     return None
-                if verb == "attach":
-                    from .widgets import in_kernel
-
-                    if in_kernel():
-                        return self._show(run)  # the live view; the notebook stays free
-                    return self._wait(run, [], raise_on_failure=False)
                 run.cancel()
                 print(f"cancel requested for run {run.id}")
                 return None
@@ -307,14 +297,53 @@ class MlopsMagics(Magics):
                 return HTML("".join(e._repr_html_() for e in endpoints))
             if verb == "targets" and not rest:
                 from ._format import slots_text
+                from .widgets import in_kernel
+
+                if in_kernel():
+                    from .widgets import TargetsTable
+
+                    return TargetsTable(ws.backend)
 
                 print(slots_text(ws.targets()))
                 return None
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
-        raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN | cancel RUN | "
+        raise UsageError("usage: %mlops runs [EXPERIMENT] | show RUN | attach RUN|SWEEP|runs | "
+                         "cancel RUN | "
                          "models [NAME[:VERSION]] | datasets [NAME[:VERSION]] | endpoints | "
                          "targets")
+
+    @staticmethod
+    def _runs_table(ws: Any, experiment: str | None) -> Any:
+        from .widgets import RunsTable, in_kernel
+
+        if in_kernel():
+            return RunsTable(ws.backend, experiment=experiment)  # shows itself, live
+        frame = ws.runs_dataframe(experiment=experiment)
+        return frame.head(50) if len(frame) else print("no runs yet")
+
+    def _attach(self, ws: Any, ref: str) -> Any:
+        """``%mlops attach RUN|SWEEP|runs``: re-open a live view, e.g. after a restart."""
+        from .errors import NotFound
+        from .widgets import in_kernel
+
+        if ref == "runs":
+            return self._runs_table(ws, None)
+        try:
+            run = ws.get_run(ref)
+        except NotFound as run_missing:
+            try:
+                sweep = ws.get_sweep(ref)
+            except NotFound:
+                raise UsageError(f"{run_missing} (nor a sweep of that id or name; "
+                                 "`%mlops attach runs` re-opens the runs table)") from None
+            if in_kernel():
+                return sweep  # shows its live view
+            print("\n".join(sweep.summary_lines()))
+            return None
+        if in_kernel():
+            return self._show(run)  # the live view; the notebook stays free
+        return self._wait(run, [], raise_on_failure=False)
 
     @staticmethod
     def _parse(func: Any, line: str) -> Any:
@@ -333,7 +362,8 @@ class MlopsMagics(Magics):
 
 
 def registry_view(ws: Any, what: str, ref: str | None) -> Any:
-    """``%mlops models|datasets [NAME[:VERSION]]``: a table of every version (a DataFrame);
+    """``%mlops models|datasets [NAME[:VERSION]]``: a table of every version (a table view in
+    a notebook, a DataFrame elsewhere);
     ``NAME``: the versions of that model or dataset; ``NAME:VERSION``: that version, which
     shows itself (a model with its lineage tree, a dataset with its profile)."""
     registry = ws.models if what == "models" else ws.datasets
@@ -347,6 +377,12 @@ def registry_view(ws: Any, what: str, ref: str | None) -> Any:
         return found
     if ref is not None:
         registry.get(ref)  # an unknown name: say so, with the names there are
+    from .widgets import in_kernel
+
+    if in_kernel():
+        from .widgets import RegistryTable
+
+        return RegistryTable(ws.backend, what, ref)  # a small table, with a static form
     frame = registry.dataframe(ref)
     if not len(frame):
         print(f"no {what} registered yet in {ws.location.directory}")

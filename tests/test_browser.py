@@ -12,6 +12,8 @@ Chromium missing is a failure, not a skip: CI installs it (``.ci/run``).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import os
 import re
 import time
@@ -110,8 +112,8 @@ def outputs_text(page: Any) -> str:
     return "\n---\n".join(page.locator(".jp-OutputArea").all_inner_texts())[-3000:]
 
 
-def open_notebook(page: Any, lab: Lab) -> None:
-    page.goto(lab.url(f"lab/tree/{NOTEBOOK}"))
+def open_notebook(page: Any, lab: Lab, name: str = NOTEBOOK) -> None:
+    page.goto(lab.url(f"lab/tree/{name}"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # The toolbar's execution indicator says "idle" before any kernel is connected; the status
     # bar says "<kernel name> | Idle" only once it is (running earlier opens "Select Kernel").
@@ -236,4 +238,205 @@ def test_deploy_shows_a_live_endpoint_widget(endpoint_lab: Lab) -> None:
             with contextlib.suppress(Exception):
                 page.screenshot(path=str(ARTIFACTS / "browser-endpoint-widget-failure.png"))
             print(f"jupyter lab log (tail):\n{endpoint_lab.log_tail()}")
+            raise
+
+
+SWEEP_NOTEBOOK = "sweep.ipynb"
+SWEEP_TRIALS = 5
+SWEEP_CELLS = [
+    "%load_ext jupyter_mlops\nimport jupyter_mlops as mlops\n"
+    "with mlops.start_run('warmup', experiment='sweep'):\n    mlops.log('x', 1.0)\n"
+    "open('model.txt', 'w').write('weights')\n"
+    "_ = mlops.workspace().models.register('demo-model', 'model.txt', tags={'stage': 'test'})",
+    # Left open while nothing runs: the sweep's trials must appear in it without Refresh.
+    "%mlops runs",
+    f"%%sweep --param lr=loguniform(1e-4,1e-1) --param units=choice(16,32,64) "
+    f"--metric accuracy --goal max --trials {SWEEP_TRIALS} --concurrency 2 --seed 7 "
+    "--policy bandit(slack=0.02,interval=1,delay=1) --name browser-sweep\n"
+    "import math, time\n"
+    "quality = 1 - abs(math.log10(lr) + 2) / 3\n"
+    "for step in range(6):\n"
+    "    mlops.log('accuracy', quality * (step + 1) / 6, step=step)\n"
+    "    if mlops.should_stop():\n"
+    "        break\n"
+    "    time.sleep(0.3)",
+    "%mlops models",
+]
+
+AXES_JS = """(sel) => {
+  const fig = document.querySelector(sel);
+  if (!fig) return null;
+  return Array.from(fig.querySelectorAll('g.axis')).map(axis => {
+    const label = axis.querySelector('.axislabel');
+    const ticks = Array.from(axis.querySelectorAll('.tick text')).map(t => {
+      const r = t.getBoundingClientRect();
+      return {text: t.textContent, left: r.left, right: r.right, top: r.top,
+              bottom: r.bottom, cx: (r.left + r.right) / 2};
+    });
+    return {label: label ? label.textContent : '', ticks};
+  });
+}"""
+
+
+@pytest.fixture
+def sweep_lab(tmp_path: Path) -> Iterator[Lab]:
+    root = tmp_path / "root"
+    root.mkdir()
+    make_notebook(root / SWEEP_NOTEBOOK, *SWEEP_CELLS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_MLOPS_")}
+    env["JUPYTER_MLOPS_WORKSPACE"] = str(tmp_path / "ws")
+    with jupyter_lab(root, env) as server:
+        yield server
+
+
+def _visible_text(page: Any) -> str:
+    return "\n".join(page.locator(".jp-OutputArea").all_inner_texts())
+
+
+def _wait_for(page: Any, what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        page.wait_for_timeout(200)
+    raise AssertionError(f"waiting for {what}\ncell outputs:\n{outputs_text(page)}")
+
+
+def _shot(page: Any, locator: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    locator.scroll_into_view_if_needed()
+    locator.screenshot(path=str(ARTIFACTS / name))
+    print(f"\nscreenshot: {ARTIFACTS / name}")
+
+
+def _restart_kernels(lab: Lab) -> None:
+    """Restart every kernel of the server (as Kernel > Restart does), through its REST API."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(lab.url("api/kernels"), timeout=30) as response:
+        kernels = json.loads(response.read())
+    assert kernels, "no kernel to restart"
+    for kernel in kernels:
+        request = urllib.request.Request(lab.url(f"api/kernels/{kernel['id']}/restart"),
+                                         data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+
+
+def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> None:
+    import json
+
+    console: list[str] = []
+    with chromium_page(viewport={"width": 1400, "height": 1100}) as page:
+        page.on("console", lambda msg: console.append(msg.text))
+        try:
+            open_notebook(page, sweep_lab, SWEEP_NOTEBOOK)
+            run_all_cells(page)
+            sweep = page.locator(".mlops-sweep-widget")
+            sweep.wait_for(timeout=90_000)
+            table = page.locator(".mlops-runs-widget")
+            models = page.locator(".mlops-table-widget")
+            models.wait_for(timeout=60_000)
+            assert "demo-model" in models.inner_text()
+
+            # While the sweep runs: the "why trials wait" line (one CPU slot, concurrency 2).
+            waiting = _wait_for(page, "the line saying why trials wait", lambda: (
+                "one trial at a time" in sweep.locator(".mlops-sweep-waiting").inner_text()
+                and sweep.locator(".mlops-sweep-waiting").inner_text()), timeout=60)
+            assert "--concurrency 2" in waiting
+            _wait_for(page, "a trial's line in the overlay", lambda: sweep.locator(
+                ".mlops-sweep-overlay path.line").count() >= 1, timeout=90)
+            _shot(page, sweep, "browser-sweep-running.png")
+
+            status = sweep.locator(".mlops-sweep-status")
+            _wait_for(page, "the sweep to complete", lambda: "completed" in status.inner_text(),
+                      timeout=240)
+            board = sweep.locator(".mlops-sweep-leaderboard")
+            _wait_for(page, "every trial in the leaderboard", lambda: board.locator(
+                "tbody tr").count() == SWEEP_TRIALS, timeout=30)
+            text = board.inner_text()
+            assert "pruned" in text and "it stopped after step" in text, text
+
+            # The parameter axis of a loguniform parameter: log scale, readable ticks.
+            axes = page.evaluate(AXES_JS, ".mlops-sweep-chart-lr")
+            lr_axis = next(a for a in axes if a["label"] == "lr")
+            ticks = [t for t in lr_axis["ticks"] if t["text"]]
+            assert len(ticks) >= 3, lr_axis
+            values = [float(t["text"]) for t in ticks]
+            assert values == sorted(values) and all(
+                math.isclose(b / a, 10) for a, b in itertools.pairwise(values)), values
+            gaps = [b["cx"] - a["cx"] for a, b in itertools.pairwise(ticks)]
+            assert max(gaps) - min(gaps) < 2, f"not a log axis: powers of ten at {gaps}"
+            for a, b in itertools.pairwise(ticks):
+                assert a["right"] <= b["left"], f"tick labels overlap: {a} {b}"
+            units = next(a for a in page.evaluate(AXES_JS, ".mlops-sweep-chart-units")
+                         if a["label"] == "units")
+            assert [t["text"] for t in units["ticks"]] == ["16", "32", "64"], units
+            assert not [m for m in console if "invalid format" in m], console
+
+            # One line per trial in the overlay chart.
+            _wait_for(page, "one overlay line per trial", lambda: sweep.locator(
+                ".mlops-sweep-overlay path.line").count() == SWEEP_TRIALS, timeout=30)
+
+            # Sorting a leaderboard column.
+            sweep.locator(".mlops-sweep-sort select").select_option("lr")
+            sweep.locator(".mlops-sweep-order").get_by_text("desc").click()
+
+            def lr_column() -> list[float] | None:
+                head = [c.strip(" ↑↓") for c in board.locator("th").all_inner_texts()]
+                rows = [r.split("\t") for r in board.locator("tbody tr").all_inner_texts()]
+                if "lr ↓" not in board.locator("thead").inner_text():
+                    return None
+                return [float(r[head.index("lr")]) for r in rows]
+
+            ordered = _wait_for(page, "the leaderboard sorted by lr", lr_column, timeout=20)
+            assert ordered == sorted(ordered, reverse=True), ordered
+            sweep.locator(".mlops-sweep-sort select").select_option("rank")
+            sweep.locator(".mlops-sweep-order").get_by_text("asc").click()
+            _wait_for(page, "the leaderboard by rank", lambda: "# ↑" in board.locator(
+                "thead").inner_text(), timeout=20)
+            _shot(page, sweep, "browser-sweep-completed.png")
+
+            # The runs table, left open since before the sweep, lists its trials.
+            _wait_for(page, "the sweep's trials in the runs table", lambda: table.locator(
+                "tbody tr").count() >= SWEEP_TRIALS + 1, timeout=30)
+            assert "Refresh" in table.inner_text()
+            _shot(page, table, "browser-runs-table.png")
+            _shot(page, page.locator(".mlops-table-widget").first, "browser-models.png")
+
+            # Saved right after the end: the notebook holds every view's final state.
+            page.keyboard.press("Control+s")
+            saved = sweep_lab.root / SWEEP_NOTEBOOK
+            _wait_for(page, "the notebook to be saved", lambda: "mlops-sweep-static" in
+                      saved.read_text(), timeout=30)
+            cells = json.loads(saved.read_text())["cells"]
+            statics = ["".join(o["data"]["text/html"]) for c in cells for o in c.get("outputs", [])
+                       if "mlops-static" in "".join(o.get("data", {}).get("text/html", ""))]
+            sweep_static = next(s for s in statics if "mlops-sweep-static" in s)
+            assert "completed" in sweep_static and ">queued<" not in sweep_static
+            assert sweep_static.count("<tr") == SWEEP_TRIALS + 1
+            assert "demo-model" in "".join(statics)
+
+            # Restart the kernel, reload: no "Error displaying widget", the static views show.
+            _restart_kernels(sweep_lab)
+            page.reload()
+            open_notebook(page, sweep_lab, SWEEP_NOTEBOOK)
+            page.locator(".mlops-sweep-static").first.wait_for(state="visible",
+                                                               timeout=60_000)
+            for css in (".mlops-sweep-static", ".mlops-runs", ".mlops-models-table"):
+                _wait_for(page, f"{css} visible after the restart", lambda css=css: page.locator(
+                    f".mlops-static {css}").first.is_visible(), timeout=30)
+            page.wait_for_timeout(1000)  # let the widget manager finish its (failed) lookups
+            visible = _visible_text(page)
+            assert "Error displaying widget" not in visible and "Loading widget" not in visible
+            runs_static = next(s for s in statics if "mlops-runs" in s)
+            assert ">running<" not in runs_static, "the runs table's static form is stale"
+            page.locator(".mlops-sweep-static").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-after-restart.png"))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(ARTIFACTS / "browser-sweep-failure.png"))
+            print(f"console: {console[-20:]}\njupyter lab log (tail):\n{sweep_lab.log_tail()}")
             raise

@@ -312,14 +312,14 @@ def test_one_gpu_per_trial_on_four_simulated_gpus(ws, monkeypatch) -> None:
     assert set(devices.values()) <= {"0", "1", "2", "3"}
     for a in rows:  # trials that ran at the same time never shared a GPU
         for b in rows:
-            if a["id"] < b["id"] and a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]:
+            if (a["id"] < b["id"] and a["started_at"] < b["ended_at"]
+                    and b["started_at"] < a["ended_at"]):
                 assert devices[a["id"]] != devices[b["id"]]
     for r in rows:
         assert f"CUDA {devices[r['id']]}" in mlops.workspace().get_run(r["id"]).logs()
 
 
 def test_sweep_widget_leaderboard_and_static_view(ws, monkeypatch) -> None:
-    from jupyter_mlops.widgets import SweepWidget
 
     monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "2")
     code = ("import time, jupyter_mlops as mlops\n"
@@ -344,7 +344,16 @@ def test_sweep_widget_leaderboard_and_static_view(ws, monkeypatch) -> None:
     pruned = [r for r in ranked if r["status"] == "pruned"]
     assert pruned and pruned[0]["params"]["x"] == 1
     assert "bandit policy: value" in board and "threshold" in board
-    dots = widget.charts["x"][1]
-    assert sorted(dots.y) == sorted(r["final"] for r in ranked)
+    chart = widget.charts["x"]
+    shown = [y for mark in chart.marks.values() for y in mark.y]
+    assert sorted(shown) == sorted(r["final"] for r in ranked)
+    assert list(chart.best.names) == [ranked[0]["name"] + " (best)"]
+    assert list(chart.marks["pruned"].names) == [pruned[0]["name"]]
+    # The overlay chart: one line per trial; the pruned one ends where it stopped.
+    assert len(widget.overlay.lines) == 3
+    line = widget.overlay.lines[pruned[0]["id"]]
+    assert list(widget.overlay.ends.x) == [line.x[-1]]
+    assert widget.bar.bar_style == "success"
+    assert "it stopped after step" in board
     page = widget._repr_mimebundle_()["text/html"]
     assert "data:image/png" in page and "bandit policy" in page

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import jupyter_mlops as mlops
-from jupyter_mlops.widgets import RunWidget, minmax_downsample
 from jupyter_mlops.store import new_run_id
+from jupyter_mlops.widgets import minmax_downsample
 
 from .conftest import wait_until
 
@@ -80,7 +80,7 @@ def test_attach_after_restart_shows_the_whole_history_then_follows(ws) -> None:
         wait_until(lambda: len(widget.charts["loss"].line.x) == 501, timeout=10,
                    what="the widget to pick up the new point")
         ws.store.set_status(run_id, "completed")
-        wait_until(lambda: not widget._thread.is_alive(), timeout=10,
+        wait_until(lambda: not widget.following, timeout=10,
                    what="the widget to stop following a finished run")
         assert "completed" in widget.header_view.value
     finally:
@@ -173,8 +173,12 @@ def test_log_pane_is_bounded(ws, lines) -> None:
                                    time.time())])
     widget = ws.get_run(run_id).widget(log_lines=lines)
     assert widget.feed.log_text() == "line 47\nline 48\nline 49"
-    widget.full_log_button.value = True
-    assert widget.full_log_view.value.count("\n") == 50  # the whole log, one click away
+    widget.full_log_button.value = True  # the whole log, one click away, instead of the tail
+    try:
+        wait_until(lambda: "line 0\n" in widget.log_view.value, timeout=10, what="the full log")
+        assert widget.log_view.value.count("line ") == 50
+    finally:
+        widget.stop()
 
 
 def test_headless_notebook_run_keeps_the_static_result(ws_dir, tmp_path) -> None:
@@ -214,23 +218,109 @@ def test_runs_table_sorts_by_any_column_and_goes_live(ws) -> None:
     table = RunsTable(ws.backend, poll_interval=0.05)
     try:
         assert "metric.acc" in table.sort_by.options and "param.lr" in table.sort_by.options
-        table.sort_by.value = "metric.acc"
+        table.sort_by.value = "metric.acc"  # a request: the poller redraws
+        wait_until(lambda: ">b<" in table.table_view.value and table.table_view.value.index(
+            ">b<") < table.table_view.value.index(">a<"), timeout=10, what="sorted desc")
         assert list(table.sorted_frame()["name"]) == ["b", "c", "a"]
-        table.descending.value = False
+        table.order.value = "asc"
         assert list(table.sorted_frame()["name"]) == ["a", "c", "b"]
-        page = table.table_view.value
-        assert page.index(">a<") < page.index(">c<") < page.index(">b<")
-        # A new run that is still going appears with its live status, then its ending.
+        wait_until(lambda: (lambda p: p.index(">a<") < p.index(">c<") < p.index(">b<"))(
+            table.table_view.value), timeout=10, what="sorted asc")
+        assert "metric.acc ↑" in table.table_view.value
+        # Header cells are padded and nothing wraps (names, timestamps).
+        assert "padding:4px 12px" in table.table_view.value
+        assert "white-space:nowrap" in table.table_view.value
+        # A run started later appears without Refresh, with its live status, then its end;
+        # the table goes on following although no run was active before.
         run_id = new_run_id()
         ws.store.create_run(run_id, "d", "cmp", status="running", started_at=time.time(),
                             heartbeat_at=time.time())
-        table.refresh()
-        table._thread = threading.Thread(target=table._follow, daemon=True)
-        table._thread.start()
-        wait_until(lambda: "running" in table.table_view.value, timeout=10, what="running")
+        wait_until(lambda: ">d<" in table.table_view.value and "running" in
+                   table.table_view.value, timeout=10, what="the new run")
         ws.store.set_status(run_id, "completed")
         wait_until(lambda: "running" not in table.table_view.value, timeout=10,
                    what="the table to show the ending")
-        assert "text/html" in table._repr_mimebundle_()
+        later = new_run_id()
+        ws.store.create_run(later, "e-started-later", "cmp", status="queued")
+        wait_until(lambda: "e-started-later" in table.table_view.value, timeout=10,
+                   what="a run created once nothing was active")
+        bundle = table._repr_mimebundle_()
+        assert "text/html" in bundle and "e-started-later" in bundle["text/plain"]
+        assert " 0 " not in bundle["text/plain"].splitlines()[1][:3]  # no index column
     finally:
         table.stop()
+
+
+def test_sweep_parameter_axes_have_fixed_domains_and_readable_ticks() -> None:
+    import bqplot as bq
+
+    from jupyter_mlops.widgets._sweep_widget import _ParamAxis, log_ticks, nice_ticks
+
+    lr = _ParamAxis("lr", "loguniform(1e-4, 1e-1)")
+    assert isinstance(lr.scale, bq.LogScale) and (lr.scale.min, lr.scale.max) == (1e-4, 1e-1)
+    assert lr.ticks == [1e-4, 1e-3, 1e-2, 1e-1] and lr.format  # never d3's guess (.undefinedg)
+    assert lr.axis().tick_format == ".2~g"
+    assert log_ticks(3e-4, 5e-2) == [1e-3, 1e-2]
+    assert len(log_ticks(1e-9, 1.0)) <= 5  # many decades: every k-th, still no crowding
+    keep = _ParamAxis("keep", "uniform(0.5, 1.0)")
+    assert keep.ticks == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0] or len(keep.ticks) <= 6
+    assert nice_ticks(0, 10) == [0, 2.5, 5, 7.5, 10]
+    units = _ParamAxis("units", "choice(16, 32, 64)")
+    assert units.ticks == [16.0, 32.0, 64.0]
+    act = _ParamAxis("act", "choice('relu', 'tanh')")
+    assert isinstance(act.scale, bq.OrdinalScale) and act.value("relu") == "relu"
+    assert lr.unit(1e-4) == 0 and lr.unit(1e-1) == 1 and abs(lr.unit(1e-2) - 2 / 3) < 1e-9
+
+
+def test_a_canceled_runs_interrupt_traceback_reads_as_one_line() -> None:
+    from jupyter_mlops.widgets._run_widget import canceled_log
+
+    log = ("tick 14\n\n" + "-" * 75 + "\nKeyboardInterrupt                         "
+           "Traceback (most recent call last)\nCell In[3], line 4\n      2 for i in range(9):"
+           "\n----> 4     time.sleep(0.2)\n\nKeyboardInterrupt: \n")
+    assert canceled_log(log) == "tick 14\n\ncanceled by request at line 4 of the cell"
+    assert canceled_log(log, notebook=True).endswith("canceled by request at cell 3, line 4")
+    assert canceled_log("no traceback\n") == "no traceback"
+
+
+def test_views_leave_a_static_form_that_replaces_a_missing_widget(ws) -> None:
+    from jupyter_mlops.widgets._live import FALLBACK_CSS
+
+    run = _finished_run(5)
+    bundle = run.widget().static_bundle()
+    assert bundle["text/html"].startswith(FALLBACK_CSS)
+    assert "class='mlops-static'" in bundle["text/html"] and "completed" in bundle["text/plain"]
+    assert ":has(.mlops-live)" in FALLBACK_CSS and ":not([data-mime-type])" in FALLBACK_CSS
+
+
+def test_registry_and_targets_tables(ws, tmp_path) -> None:
+    from jupyter_mlops.widgets import RegistryTable, TargetsTable
+
+    (tmp_path / "m.txt").write_text("weights")
+    ws.models.register("demo", tmp_path / "m.txt")
+    models = RegistryTable(ws.backend, "models")
+    page = models.table_view.value
+    assert "demo" in page and "white-space:nowrap" in page and "<th" in page
+    assert ".0000" not in page  # no nanosecond timestamps
+    text = models.static_bundle()["text/plain"]
+    assert text.splitlines()[1].lstrip().startswith("name") and "demo" in text  # no index
+    assert "no datasets registered" in RegistryTable(ws.backend, "datasets").table_view.value
+    assert "cpu:0" in TargetsTable(ws.backend).table_view.value
+
+
+def test_attach_reopens_a_sweep_and_the_runs_table(ws, monkeypatch) -> None:
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    from jupyter_mlops.magics import MlopsMagics
+
+    shell = get_ipython()
+    magics = MlopsMagics(shell)
+    monkeypatch.setattr("jupyter_mlops.widgets.in_kernel", lambda: True)
+    table = magics._attach(mlops.workspace(), "runs")
+    try:
+        assert type(table).__name__ == "RunsTable"
+    finally:
+        table.stop()
+    with pytest.raises(UsageError, match="nor a sweep"):
+        magics._attach(mlops.workspace(), "nothing-by-that-name")

@@ -655,6 +655,19 @@ class Store:
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def metric_rows_many(self, run_ids: Sequence[str], key: str, after_id: int = 0
+                         ) -> list[tuple[int, str, int, float]]:
+        """``(id, run_id, step, value)`` of one metric of several runs, in logging order,
+        from ``after_id`` on: one query for a sweep's overlay chart, read incrementally."""
+        if not run_ids:
+            return []
+        m = t.metrics
+        query = (sa.select(m.c.id, m.c.run_id, m.c.step, _VALUE)
+                 .where(m.c.run_id.in_(list(run_ids)), m.c.key == key, m.c.id > after_id)
+                 .order_by(m.c.id))
+        with self.read() as conn:
+            return [(i, r, int(s), _nan_if_null(v)) for i, r, s, v in conn.execute(query)]
+
 
 _ROWS_PER_INSERT = 249  # 1 + 4 x 249 = 997 bound parameters: under SQLite's smallest limit, 999
 

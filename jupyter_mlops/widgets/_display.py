@@ -1,22 +1,15 @@
-"""Showing views in a notebook, and leaving a static result behind when they finish.
-
-A finished run's output should read well without a widget manager (papermill, nbconvert,
-GitHub). The static form is part of the widget's mime bundle, but the bundle sent when the
-cell ran is the one saved — so once a run ends, its display is re-sent (``update``) with the
-final static form. That must happen on the main thread (output from threads is misrouted by
-ipykernel 7), so it is done right after ``--wait`` returns, or by a ``post_run_cell`` hook
-the next time any cell runs.
-"""
+"""Showing views in a notebook (see ``_live`` for the pair of outputs each view leaves)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..store import Backend
+from ._live import show_live, shown
 from ._run_widget import RunWidget
 
-_pending: list[tuple[Any, Any]] = []  # (a live view with .finished and .refresh(), handle)
-_hook_installed = False
+__all__ = ["finalize", "in_kernel", "show_live", "show_run_widget", "shown"]
 
 
 def in_kernel() -> bool:
@@ -30,44 +23,18 @@ def in_kernel() -> bool:
 
 
 def show_run_widget(backend: Backend, run_id: str) -> tuple[RunWidget, Any]:
-    """Display a live RunWidget; returns it and its display handle."""
+    """Display a live RunWidget; returns it and the display handle of its static form."""
     widget = RunWidget(backend, run_id)
     return widget, show_live(widget)
 
 
-def show_live(widget: Any) -> Any:
-    """Display a live view; its final static form replaces it once it has finished."""
-    from IPython.display import display
-
-    handle = display(widget, display_id=True)
-    _pending.append((widget, handle))
-    _install_hook()
-    return handle
-
-
-def finalize(widget: Any, handle: Any) -> None:
-    """Bring the view to the run's end and re-send its display with the final static form."""
-    widget.refresh()
-    if handle is not None:
-        handle.update(widget)
-    if (widget, handle) in _pending:
-        _pending.remove((widget, handle))
-
-
-def _finalize_finished(*_: Any) -> None:
-    for widget, handle in list(_pending):
-        if widget.finished:
-            try:
-                finalize(widget, handle)
-            except Exception:  # a view must never break the user's next cell
-                _pending.remove((widget, handle))
-
-
-def _install_hook() -> None:
-    global _hook_installed
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    if shell is not None and not _hook_installed:
-        shell.events.register("post_run_cell", _finalize_finished)
-        _hook_installed = True
+def finalize(widget: Any, handle: Any = None, timeout: float = 15.0) -> None:
+    """After a cell waited for the end: let the view's poller catch up and replace the static
+    output with the final state before the cell returns (papermill keeps only what arrives
+    while the cell runs)."""
+    if getattr(widget, "_static_handle", None) is None:
+        return
+    widget.request(lambda: None)  # wakes the poller for one more read
+    deadline = time.monotonic() + timeout
+    while not widget._final_sent and time.monotonic() < deadline:
+        time.sleep(0.05)

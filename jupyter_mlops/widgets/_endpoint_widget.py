@@ -91,6 +91,9 @@ class EndpointWidget(w.VBox):
                     from ..serving import stop
 
                     self._delete.clear()
+                    with self.hold_sync():
+                        self.delete_button.description = "Deleting"
+                        self.delete_button.disabled = True
                     stop(self.backend, self.endpoint_id)
                 self.refresh()
                 if self.finished:
@@ -101,8 +104,7 @@ class EndpointWidget(w.VBox):
                 self._stop.wait(5.0)
 
     def _on_delete(self, _button: Any) -> None:
-        self.delete_button.description = "Deleting"
-        self.delete_button.disabled = True
+        # A callback only asks; the poller (the one writer of this view's state) acts.
         self._delete.set()
 
     def stop(self) -> None:

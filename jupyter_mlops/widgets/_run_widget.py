@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import re
 import threading
-import traceback
 from typing import Any
 
 import bqplot as bq
@@ -23,9 +22,31 @@ from ..store import Backend
 from . import _static
 from ._downsample import minmax_downsample
 from ._feed import RunFeed
+from ._live import LiveView, error_html
 
 MAX_CHART_POINTS = 2000
 PANE_LINES = 12  # log lines shown live; the whole log is one click away (Full log)
+
+
+_INTERRUPT = re.compile(
+    r"^-{20,}\nKeyboardInterrupt\s+Traceback.*\n(?:.*\n)*?KeyboardInterrupt:.*$", re.MULTILINE)
+_WHERE = re.compile(r"Cell In\[(\d+)\], line (\d+)")
+
+
+def canceled_log(text: str, notebook: bool = False) -> str:
+    """A canceled run's log with the ``KeyboardInterrupt`` traceback its interrupt left
+    replaced by one line saying where the code was stopped (a traceback reads like a crash).
+    ``notebook``: the run is a notebook (cells numbered as the user knows them), not one
+    ``%%train`` cell."""
+    def where(match: re.Match[str]) -> str:
+        found = _WHERE.search(match.group(0))  # the first frame is the user's code
+        if not found:
+            return "canceled by request"
+        cell, line = found.groups()
+        return (f"canceled by request at cell {cell}, line {line}" if notebook
+                else f"canceled by request at line {line} of the cell")
+
+    return _INTERRUPT.sub(where, text).rstrip("\n")
 
 
 def _css_name(key: str) -> str:
@@ -68,7 +89,7 @@ class _Chart:
         self.points_sent = len(x)
 
 
-class RunWidget(w.VBox):
+class RunWidget(LiveView, w.VBox):
     """The live view of one run: ``RunWidget(backend, run_id)`` (or ``run.widget()``) shows
     its whole history, then follows it."""
 
@@ -76,25 +97,21 @@ class RunWidget(w.VBox):
                  log_lines: int = 200, start: bool = True):
         self.backend, self.run_id = backend, run_id
         self.feed = RunFeed(backend, run_id, log_lines=log_lines)
-        self.poll_interval = poll_interval
         self.charts: dict[str, _Chart] = {}
-        self._cancel = threading.Event()
-        self._stop = threading.Event()
         self._refresh_lock = threading.Lock()
         self.updates = 0  # how many times traits were pushed (≤ 1 / poll_interval per second)
 
-        self.header_view = w.HTML()
+        self.header_view = w.HTML(layout=w.Layout(flex="1 1 auto", min_width="0"))
         self.header_view.add_class("mlops-run-status")
         self.cancel_button = w.Button(description="Cancel", icon="stop",
-                                      layout=w.Layout(width="90px"), button_style="warning")
+                                      layout=w.Layout(width="auto", min_width="96px"),
+                                      button_style="warning")
         self.cancel_button.on_click(self._on_cancel)
         self.full_log_button = w.ToggleButton(description="Full log", icon="align-left",
-                                              layout=w.Layout(width="100px"))
+                                              layout=w.Layout(width="auto", min_width="96px"))
         self.full_log_button.observe(self._on_full_log, names=["value"])
         self.log_view = w.HTML()
         self.log_view.add_class("mlops-run-log")
-        self.full_log_view = w.Textarea(disabled=True, layout=w.Layout(
-            width="100%", height="20em", display="none"))
         self.metrics_view = w.HTML()
         self.metrics_view.add_class("mlops-run-metrics")
         self.chart_box = w.Box(layout=w.Layout(flex_flow="row wrap"))
@@ -103,30 +120,30 @@ class RunWidget(w.VBox):
         super().__init__(
             children=[
                 w.HBox([self.header_view, self.cancel_button, self.full_log_button],
-                       layout=w.Layout(align_items="center", justify_content="space-between")),
-                self.error_view, self.log_view, self.full_log_view,
+                       layout=w.Layout(align_items="center")),
+                self.error_view, self.log_view,
                 w.HBox([self.metrics_view, self.details_view],
-                       layout=w.Layout(justify_content="space-between")),
+                       layout=w.Layout(justify_content="space-between",
+                                       align_items="flex-start")),
                 self.chart_box,
             ],
             layout=w.Layout(border="1px solid #ddd", padding="6px"),
         )
         self.add_class("mlops-run-widget")
+        self._init_live(poll_interval)
+        self._log_shown = -1  # the log chunk last rendered, and in which mode
         self.refresh()  # the whole history, at once
-        self._thread: threading.Thread | None = None
-        if start and not self.feed.finished:
-            self._thread = threading.Thread(target=self._follow, daemon=True,
-                                            name=f"mlops-widget-{run_id}")
-            self._thread.start()
+        if start and not self.finished:
+            self.start()
 
     @property
     def finished(self) -> bool:
         return self.feed.finished
 
-    # -- updating -------------------------------------------------------------------------
+    # -- updating (the poller's) ----------------------------------------------------------
 
     def refresh(self) -> None:
-        """Read what is new in the store and push it to the view (safe from any thread)."""
+        """Read what is new in the store and push it to the view."""
         with self._refresh_lock:
             changes = self.feed.poll()
             feed = self.feed
@@ -138,9 +155,8 @@ class RunWidget(w.VBox):
                     self.cancel_button.layout.display = "none" if feed.finished else ""
                     error = feed.row.get("error")
                     self.error_view.value = (
-                        f"<pre style='color:#c62828;max-height:10em;overflow:auto'>"
-                        f"{html.escape(error)}</pre>"
-                        if error and feed.status != "completed" else "")
+                        error_html(error) if error and feed.status not in ("completed",
+                                                                           "canceled") else "")
                 if changes.metrics:
                     self.metrics_view.value = _static.metrics_table(feed.latest, feed.counts())
                     for key in sorted(changes.metrics):
@@ -152,54 +168,45 @@ class RunWidget(w.VBox):
                             self.chart_box.children = [
                                 self.charts[k].figure for k in sorted(self.charts)]
                         self.charts[key].update(series.x, series.y)
-                if changes.log:
-                    # The pane shows the newest lines only: a scrolled pane would stay at its
-                    # top as it grows (notebook sanitizers drop the CSS that could anchor it).
-                    tail = "\n".join(feed.log_text().split("\n")[-PANE_LINES:])
-                    self.log_view.value = (f"<pre style='margin:0;font-size:12px'>"
-                                           f"{html.escape(tail)}</pre>")
-                    if self.full_log_button.value:
-                        self.full_log_view.value = self._whole_log()
+                if changes.log or changes.row:
+                    self._render_log()
             self.updates += 1
 
-    def _follow(self) -> None:
-        failures = 0
-        while not self._stop.wait(self.poll_interval):
-            try:
-                if self._cancel.is_set():
-                    self._cancel.clear()
-                    cancel_run(self.backend, self.run_id)
-                self.refresh()
-                failures = 0
-                if self.feed.finished:
-                    return
-            except Exception:
-                failures += 1
-                self.error_view.value = ("<pre style='color:#c62828'>the view could not read the "
-                                    f"store:\n{html.escape(traceback.format_exc(limit=3))}</pre>")
-                self._stop.wait(min(5.0, self.poll_interval * 2 ** failures))
+    def _render_log(self) -> None:
+        full = self.full_log_button.value
+        if full:
+            # One scrollable pane with the whole log instead of the tail (not both).
+            text = self.display_log(self._whole_log())
+            style = "max-height:24em;overflow:auto"
+        else:
+            # The pane shows the newest lines only: a scrolled pane would stay at its
+            # top as it grows (notebook sanitizers drop the CSS that could anchor it).
+            text = "\n".join(self.display_log(self.feed.log_text()).split("\n")[-PANE_LINES:])
+            style = ""
+        self.log_view.value = (f"<pre style='margin:0;font-size:12px;{style}'>"
+                               f"{html.escape(text)}</pre>")
 
-    def stop(self) -> None:
-        """Stop following (the run itself goes on)."""
-        self._stop.set()
+    def display_log(self, text: str) -> str:
+        """The log as shown: a canceled run's interrupt traceback becomes one line."""
+        if self.feed.status == "canceled":
+            return canceled_log(text, notebook=self.feed.row.get("kind") == "notebook")
+        return text
 
-    def close(self) -> None:
-        self.stop()
-        super().close()
+    def show_error(self, text: str) -> None:
+        self.error_view.value = error_html(text)
 
-    # -- callbacks (they run on a subshell thread while a cell blocks: only set flags) -----
+    # -- callbacks (they run on a subshell thread while a cell blocks: only request) -------
 
     def _on_cancel(self, _button: Any) -> None:
-        self.cancel_button.description = "Canceling"
-        self._cancel.set()
-        if self._thread is None or not self._thread.is_alive():
+        def cancel() -> None:
+            self.cancel_button.description = "Canceling"
+            self.cancel_button.disabled = True
             cancel_run(self.backend, self.run_id)
 
-    def _on_full_log(self, change: dict[str, Any]) -> None:
-        shown = bool(change["new"])
-        self.full_log_view.layout.display = "" if shown else "none"
-        if shown:
-            self.full_log_view.value = self._whole_log()
+        self.request(cancel)
+
+    def _on_full_log(self, _change: dict[str, Any]) -> None:
+        self.request(self._render_log)
 
     def _whole_log(self) -> str:
         return "".join(text for _, _, text in self.backend.store.log_chunks(self.run_id))
@@ -232,16 +239,12 @@ class RunWidget(w.VBox):
     def static_html(self) -> str:
         feed = self.feed
         series = {k: (s.x, s.y) for k, s in feed.series.items()}
-        return _static.run_html(feed.row, feed.latest, feed.counts(), series, feed.log_text(),
-                                feed.artifacts, feed.elapsed())
+        return _static.run_html(feed.row, feed.latest, feed.counts(), series,
+                                self.display_log(feed.log_text()), feed.artifacts,
+                                feed.elapsed())
 
     def static_text(self) -> str:
         feed = self.feed
-        return _static.run_text(feed.row, feed.latest, feed.log_text(), feed.elapsed())
+        return _static.run_text(feed.row, feed.latest, self.display_log(feed.log_text()),
+                                feed.elapsed())
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        # The live view where a widget manager exists; the static result everywhere else.
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = self.static_text()
-        bundle["text/html"] = self.static_html()
-        return bundle

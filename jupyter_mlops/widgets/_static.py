@@ -31,8 +31,9 @@ def badge(status: str) -> str:
 def kv_table(title: str, rows: list[tuple[str, Any]], css: str = "") -> str:
     if not rows:
         return ""
-    body = "".join(f"<tr><td style='text-align:left;padding:2px 8px'>{html.escape(str(k))}</td>"
-                   f"<td style='text-align:right;padding:2px 8px'>{fmt(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td style='text-align:left;padding:2px 8px'>{html.escape(str(k))}"
+                   f"</td><td style='text-align:right;padding:2px 8px'>{fmt(v)}</td></tr>"
+                   for k, v in rows)
     return (f"<table class='{css}' style='border-collapse:collapse;margin:4px 0'>"
             f"<tr><th style='text-align:left'>{title}</th><th></th></tr>{body}</table>")
 
@@ -48,7 +49,8 @@ def metrics_table(latest: dict[str, dict[str, Any]], counts: dict[str, int] | No
         for k, v in sorted(latest.items())
     )
     return ("<table class='mlops-metric-table' style='border-collapse:collapse'>"
-            "<tr><th style='text-align:left;padding:2px 8px'>metric</th><th style='padding:2px 8px'>latest</th><th style='padding:2px 8px'>step</th>"
+            "<tr><th style='text-align:left;padding:2px 8px'>metric</th>"
+            "<th style='padding:2px 8px'>latest</th><th style='padding:2px 8px'>step</th>"
             f"<th style='padding:2px 8px'>points</th></tr>{rows}</table>")
 
 
@@ -81,16 +83,18 @@ def run_html(row: dict[str, Any], latest: dict[str, dict[str, Any]], counts: dic
              series: dict[str, tuple[np.ndarray, np.ndarray]], log_tail: str,
              artifacts: list[dict[str, Any]], elapsed: str) -> str:
     png = charts_png(series)
-    image = (f"<img class='mlops-static-charts' alt='metric charts' "
-             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'/>" if png else "")
+    image = (f"<img class='mlops-static-charts' alt='metric charts' src='data:image/png;"
+             f"base64,{base64.b64encode(png).decode()}'/>" if png else "")
     files = "".join(f"<li><code>{html.escape(a['path'])}</code> {a['size']:,} bytes</li>"
                     for a in artifacts)
     error = ""
     if row["error"] and row["status"] != "completed":
-        error = f"<pre style='color:#c62828;max-height:12em;overflow:auto'>{html.escape(row['error'])}</pre>"
+        error = (f"<pre style='color:#c62828;max-height:12em;overflow:auto'>"
+                 f"{html.escape(row['error'])}</pre>")
     return (
         f"<div class='mlops-run-static'>"
-        f"<div><b>Run {html.escape(row['name'])}</b> <code>{row['id']}</code> {badge(row['status'])}"
+        f"<div><b>Run {html.escape(row['name'])}</b> <code>{row['id']}</code> "
+        f"{badge(row['status'])}"
         f" on {html.escape(row['target'] or 'local')} · experiment "
         f"{html.escape(row['experiment'])} · {elapsed}</div>"
         f"{metrics_table(latest, counts)}{image}"

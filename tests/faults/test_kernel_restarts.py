@@ -38,7 +38,7 @@ views, seen = {{}}, {{}}
 for rid in {ids!r}:
     run = ws.get_run(rid)
     get_ipython().run_line_magic("mlops", f"attach {{rid}}")
-    views[rid] = _display._pending[-1][0]  # the widget %mlops attach displayed
+    views[rid] = _display.shown[-1]  # the widget %mlops attach displayed
     seen[rid] = {{"status": run.status, "step": views[rid].feed.latest.get("step", {{}}).get("step"),
                  "history": views[rid].feed.counts().get("step", 0)}}
 print("ATTACH " + json.dumps(seen))

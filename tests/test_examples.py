@@ -17,7 +17,7 @@ import pytest
 
 import jupyter_mlops as mlops
 
-from .conftest import cli
+from .conftest import cli, make_notebook
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example-notebooks"
 NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
@@ -145,3 +145,27 @@ def test_example_notebook_runs_and_shows_its_results(name: str, ws_clean, tmp_pa
         pytest.importorskip("torch" if name.startswith("pytorch") else "keras")
     run = _run_notebook(name, tmp_path)
     CHECKS[name](ws_clean, run, tmp_path)
+
+
+def test_a_notebook_run_sweeps_on_its_own_slot(ws_clean, tmp_path, monkeypatch) -> None:
+    """With one CPU slot, held by the notebook run itself, its %sweep's trials run on that
+    slot (one at a time) instead of queueing behind the notebook forever."""
+    monkeypatch.delenv("JUPYTER_MLOPS_CPU_SLOTS", raising=False)
+    make_notebook(
+        tmp_path / "nested.ipynb",
+        "%load_ext jupyter_mlops\nimport jupyter_mlops as mlops",
+        "%%train --name base -p lr=0.1\nfor step in range(3):\n    mlops.log('acc', lr * step)",
+        "sweep = %sweep --param lr=choice(0.1,0.2,0.3) --metric acc --trials 3 --concurrency 3 "
+        "--name nested-sweep\nprint(sweep.status)",
+        parameters="epochs = 1",
+    )
+    done = cli("run", "nested.ipynb", cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sweep = ws_clean.get_sweep("nested-sweep")
+    assert sweep.status == "completed" and sweep.spec.concurrency == 1
+    notebook_run = ws_clean.get_run("nested")
+    slots = notebook_run.info()["resources"]["slots"]
+    for trial in sweep.trials():
+        resources = trial.info()["resources"]
+        assert resources["shared_with_parent"] and resources["slots"] == slots
+    assert sweep.best_run.params["lr"] == 0.3

@@ -23,7 +23,7 @@ import nbformat
 from .._format import fmt_value
 from .._processes import spawn_detached
 from ..errors import InvalidInput, NotFound
-from ..store import ENV_RUN_ID, Backend, as_read, database_error
+from ..store import ENV_HEADLESS, ENV_RUN_ID, Backend, as_read, database_error
 from ._policies import parse_policy
 from ._space import parse_space
 
@@ -54,6 +54,10 @@ class SweepSpec:
     source: str = ""  # where the code came from (a cell, a run, a notebook path)
     cwd: str | None = None
     kernel_name: str | None = None
+    # Set for a sweep started inside a headless job (a notebook run by `jupyter mlops run`):
+    # that job only waits for the sweep, so its trials run on its slots, as a %%train child's
+    # do, instead of queueing behind them (with one slot that would never end).
+    parent_resources: dict[str, Any] | None = None
 
     def validate(self) -> None:
         space = parse_space(self.space)
@@ -103,12 +107,30 @@ def start_sweep(backend: Backend, code_or_notebook: Any, *, space: dict[str, str
                      concurrency=concurrency, policy=policy, target=target, gpus=gpus,
                      retry_failed=retry_failed, seed=seed, timeout=timeout,
                      parameters=dict(fixed or {}), source=source, cwd=cwd)
+    _lend_headless_parent_slots(backend, spec)
     try:
         return create_sweep(backend, notebook, spec, name=name, experiment=experiment,
                             carried_from=carried)
     finally:
         if carried is not None:
             shutil.rmtree(carried.parent, ignore_errors=True)  # a temporary copy
+
+
+def _lend_headless_parent_slots(backend: Backend, spec: SweepSpec) -> None:
+    """Inside a headless job, run the trials on the job's own slots, as many at once as it
+    holds (the job blocks until the sweep ends, so its slots would otherwise sit idle while
+    the trials wait for them)."""
+    parent_id = os.environ.get(ENV_RUN_ID)
+    if os.environ.get(ENV_HEADLESS) != "1" or not parent_id:
+        return
+    row = backend.store.get_run_row(parent_id)
+    resources = (row or {}).get("resources") or {}
+    slots = resources.get("slots") or []
+    if not slots:
+        return
+    spec.parent_resources = {"slots": list(slots),
+                             "cuda_visible_devices": resources.get("cuda_visible_devices")}
+    spec.concurrency = max(1, min(spec.concurrency, len(slots)))
 
 
 def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepSpec, *,

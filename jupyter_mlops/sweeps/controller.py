@@ -314,7 +314,7 @@ class Controller:
                 experiment=self.row["experiment"], parameters={**spec.parameters, **params},
                 tags=tags, kind="trial", source=spec.source, cwd=spec.cwd,
                 timeout=spec.timeout, kernel_name=spec.kernel_name, target=spec.target,
-                gpus=spec.gpus, run_id=run_id,
+                gpus=spec.gpus, run_id=run_id, parent_resources=spec.parent_resources,
                 fields={"sweep_id": self.id, "trial_number": number})
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL)

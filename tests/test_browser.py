@@ -403,17 +403,34 @@ def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> N
             _wait_for(page, "the sweep's trials in the runs table", lambda: table.locator(
                 "tbody tr").count() >= SWEEP_TRIALS + 1, timeout=30)
             assert "Refresh" in table.inner_text()
+            # The table polls every 2 s: wait until it shows the last trial's ending too (its
+            # static form is updated in the same poll), so the saved notebook holds that.
+            _wait_for(page, "no run still running in the runs table", lambda: table.locator(
+                "tbody tr").filter(has_text="running").count() == 0, timeout=30)
             _shot(page, table, "browser-runs-table.png")
             _shot(page, page.locator(".mlops-table-widget").first, "browser-models.png")
 
             # Saved right after the end: the notebook holds every view's final state.
-            page.keyboard.press("Control+s")
             saved = sweep_lab.root / SWEEP_NOTEBOOK
-            _wait_for(page, "the notebook to be saved", lambda: "mlops-sweep-static" in
-                      saved.read_text(), timeout=30)
-            cells = json.loads(saved.read_text())["cells"]
-            statics = ["".join(o["data"]["text/html"]) for c in cells for o in c.get("outputs", [])
-                       if "mlops-static" in "".join(o.get("data", {}).get("text/html", ""))]
+
+            def saved_statics() -> list[str]:
+                cells = json.loads(saved.read_text())["cells"]
+                return ["".join(o["data"]["text/html"]) for c in cells
+                        for o in c.get("outputs", [])
+                        if "mlops-static" in "".join(o.get("data", {}).get("text/html", ""))]
+
+            def saved_final() -> bool:
+                # Save until the file holds the views' final states: the runs table's static
+                # form follows its live form by one message.
+                page.keyboard.press("Control+s")
+                page.wait_for_timeout(500)
+                statics = saved_statics()
+                return any("mlops-sweep-static" in s for s in statics) and all(
+                    ">running<" not in s for s in statics if "mlops-runs" in s)
+
+            _wait_for(page, "the notebook saved with every view's final state", saved_final,
+                      timeout=60)
+            statics = saved_statics()
             sweep_static = next(s for s in statics if "mlops-sweep-static" in s)
             assert "completed" in sweep_static and ">queued<" not in sweep_static
             assert sweep_static.count("<tr") == SWEEP_TRIALS + 1

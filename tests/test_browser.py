@@ -151,20 +151,20 @@ def test_train_cell_shows_a_live_run_widget(lab: Lab) -> None:
             first = widget.wait("a 'step N' line in the log",
                                 lambda s: s["word"] == "running" and s["steps"], timeout=60)
             widget.wait(f"a log line after 'step {max(first['steps'])}'",
-                        lambda s: max(s["steps"] or [-1]) > max(first["steps"]), timeout=30)
+                        lambda s: max(s["steps"] or [-1]) > max(first["steps"]), timeout=90)
             # The loss chart is drawn and redrawn while the run is running.
             drawn = widget.wait("the loss line drawn while running",
-                                lambda s: s["word"] == "running" and s["d"], timeout=30)
+                                lambda s: s["word"] == "running" and s["d"], timeout=90)
             widget.wait("the loss line to change while running",
                         lambda s: s["word"] == "running" and s["d"] and s["d"] != drawn["d"],
-                        timeout=30)
+                        timeout=90)
             screenshot(page, "browser-run-widget-running.png")
 
             end = widget.wait("status completed", lambda s: s["word"] == "completed",
                               timeout=60)
             # Functional wait again: the last poll may land just after the status row.
             end = widget.wait(f"'step {STEPS - 1}' in the log",
-                              lambda s: STEPS - 1 in s["steps"], timeout=10)
+                              lambda s: STEPS - 1 in s["steps"], timeout=90)
             assert "loss" in (end["metrics"] or ""), end["metrics"]
             assert end["d"], "the loss chart has no line at the end"
             screenshot(page, "browser-run-widget-completed.png")
@@ -355,7 +355,7 @@ def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> N
                       timeout=240)
             board = sweep.locator(".mlops-sweep-leaderboard")
             _wait_for(page, "every trial in the leaderboard", lambda: board.locator(
-                "tbody tr").count() == SWEEP_TRIALS, timeout=30)
+                "tbody tr").count() == SWEEP_TRIALS, timeout=90)
             text = board.inner_text()
             assert "pruned" in text and "it stopped after step" in text, text
 
@@ -391,22 +391,22 @@ def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> N
                     return None
                 return [float(r[head.index("lr")]) for r in rows]
 
-            ordered = _wait_for(page, "the leaderboard sorted by lr", lr_column, timeout=20)
+            ordered = _wait_for(page, "the leaderboard sorted by lr", lr_column, timeout=90)
             assert ordered == sorted(ordered, reverse=True), ordered
             sweep.locator(".mlops-sweep-sort select").select_option("rank")
             sweep.locator(".mlops-sweep-order").get_by_text("asc").click()
             _wait_for(page, "the leaderboard by rank", lambda: "# ↑" in board.locator(
-                "thead").inner_text(), timeout=20)
+                "thead").inner_text(), timeout=90)
             _shot(page, sweep, "browser-sweep-completed.png")
 
             # The runs table, left open since before the sweep, lists its trials.
             _wait_for(page, "the sweep's trials in the runs table", lambda: table.locator(
-                "tbody tr").count() >= SWEEP_TRIALS + 1, timeout=30)
+                "tbody tr").count() >= SWEEP_TRIALS + 1, timeout=90)
             assert "Refresh" in table.inner_text()
             # The table polls every 2 s: wait until it shows the last trial's ending too (its
             # static form is updated in the same poll), so the saved notebook holds that.
             _wait_for(page, "no run still running in the runs table", lambda: table.locator(
-                "tbody tr").filter(has_text="running").count() == 0, timeout=30)
+                "tbody tr").filter(has_text="running").count() == 0, timeout=90)
             _shot(page, table, "browser-runs-table.png")
             _shot(page, page.locator(".mlops-table-widget").first, "browser-models.png")
 
@@ -444,7 +444,7 @@ def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> N
                                                                timeout=60_000)
             for css in (".mlops-sweep-static", ".mlops-runs", ".mlops-models-table"):
                 _wait_for(page, f"{css} visible after the restart", lambda css=css: page.locator(
-                    f".mlops-static {css}").first.is_visible(), timeout=30)
+                    f".mlops-static {css}").first.is_visible(), timeout=90)
             page.wait_for_timeout(1000)  # let the widget manager finish its (failed) lookups
             visible = _visible_text(page)
             assert "Error displaying widget" not in visible and "Loading widget" not in visible

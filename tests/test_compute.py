@@ -252,7 +252,7 @@ def test_cancel_while_waiting_raises_claim_canceled(ws: Any, jobs: Jobs,
     # A cancel request recorded while the run is still queued (a race with the runner).
     ws.store.update_run(stopper, cancel_requested_at=time.time())
     for thread in threads:
-        thread.join(timeout=10)
+        thread.join(timeout=60)
     assert isinstance(outcome[waiter], ClaimCanceled)
     assert "canceled" in str(outcome[waiter])
     assert isinstance(outcome[stopper], ClaimCanceled)
@@ -268,13 +268,13 @@ def test_cancel_kills_a_job_that_does_not_stop(ws: Any) -> None:
         start_new_session=True,
     )
     try:
-        child = wait_until(lambda: psutil.Process(stubborn.pid).children(), 10)[0]
+        child = wait_until(lambda: psutil.Process(stubborn.pid).children(), 60)[0]
         run_id = new_run_id()
         ws.store.create_run(run_id, "stubborn", "compute", status="running", target="local",
                             host=HOSTNAME, pid=stubborn.pid, started_at=time.time())
         LocalTarget(cancel_grace=0.3).cancel(ws.backend, run_id, wait=True)
         # (psutil reaps what it kills, so the exit code Popen sees is not the signal.)
-        stubborn.wait(timeout=10)
+        stubborn.wait(timeout=60)
         assert not psutil.pid_exists(stubborn.pid)
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
         row = ws.store.get_run_row(run_id)

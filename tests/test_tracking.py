@@ -82,7 +82,7 @@ def test_points_become_durable_without_explicit_flush(ws) -> None:
         from jupyter_mlops.store import Store
 
         reader = Store(ws.location)
-        wait_until(lambda: len(reader.metric_rows(run.id)) == 100, timeout=10,
+        wait_until(lambda: len(reader.metric_rows(run.id)) == 100, timeout=60,
                    what="the background writer to flush")
         reader.close()
         assert run.status == "running"

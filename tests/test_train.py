@@ -110,7 +110,7 @@ def test_cancel_stops_the_job_and_keeps_what_it_wrote(ip, ws) -> None:
     assert "outputs/ckpt.txt" in {a["path"] for a in run.artifacts()}
     assert "going" in run.logs()
     pid = run.info()["pid"]
-    wait_until(lambda: not _alive(pid), timeout=15, what="the job process to exit")
+    wait_until(lambda: not _alive(pid), timeout=60, what="the job process to exit")
     kernel_pid = (run.info()["resources"] or {}).get("kernel_pid")
     assert kernel_pid and not _alive(kernel_pid)
 

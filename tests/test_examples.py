@@ -155,7 +155,7 @@ def test_a_notebook_run_sweeps_on_its_own_slot(ws_clean, tmp_path, monkeypatch) 
         tmp_path / "nested.ipynb",
         "%load_ext jupyter_mlops\nimport jupyter_mlops as mlops",
         "%%train --name base -p lr=0.1\nfor step in range(3):\n    mlops.log('acc', lr * step)",
-        "sweep = %sweep --param lr=choice(0.1,0.2,0.3) --metric acc --trials 3 --concurrency 3 "
+        "sweep = %sweep --param lr=choice(0.1,0.2,0.3) --sampler grid --metric acc --trials 3 --concurrency 3 "
         "--name nested-sweep\nprint(sweep.status)",
         parameters="epochs = 1",
     )

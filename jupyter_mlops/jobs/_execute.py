@@ -425,13 +425,19 @@ def _finish(
 ) -> str:
     store, run_id = backend.store, spec.run_id
     stored_error = None
-    try:
+
+    def store_files() -> None:
         backend.store_outputs(run_id, outputs)
         if output_nb.exists():
             size, digest = backend.artifacts.put_file(run_id, "notebook.ipynb", output_nb)
             store.record_artifact(run_id, "notebook.ipynb", size, digest)
-    except Exception:
-        stored_error = "storing the run's files failed:\n" + traceback.format_exc()
+
+    try:
+        # Artifact writes are atomic (temporary name, then rename), so trying again after a
+        # full disk is freed leaves no partial file; the run's work is not failed for a moment.
+        retrying(store_files, "storing the run's files")
+    except Exception as exc:
+        stored_error = f"storing the run's files failed: {exc}"
     env_thread.join(timeout=30)
 
     unwritten = outputs.parent / UNWRITTEN_FILE  # the kernel's last points, not stored

@@ -385,11 +385,16 @@ def test_sweep_runs_table_and_models_views_live_then_static(sweep_lab: Lab) -> N
             sweep.locator(".mlops-sweep-order").get_by_text("desc").click()
 
             def lr_column() -> list[float] | None:
-                head = [c.strip(" ↑↓") for c in board.locator("th").all_inner_texts()]
-                rows = [r.split("\t") for r in board.locator("tbody tr").all_inner_texts()]
-                if "lr ↓" not in board.locator("thead").inner_text():
+                # Header and rows read in one script, so both come from the same redraw.
+                table = board.evaluate("""(el) => ({
+                    head: Array.from(el.querySelectorAll('th')).map(c => c.innerText),
+                    rows: Array.from(el.querySelectorAll('tbody tr')).map(
+                        r => Array.from(r.querySelectorAll('td')).map(c => c.innerText))})""")
+                head = [c.strip() for c in table["head"]]
+                if "lr ↓" not in head:
                     return None
-                return [float(r[head.index("lr")]) for r in rows]
+                column = head.index("lr ↓")
+                return [float(row[column]) for row in table["rows"]]
 
             ordered = _wait_for(page, "the leaderboard sorted by lr", lr_column, timeout=90)
             assert ordered == sorted(ordered, reverse=True), ordered

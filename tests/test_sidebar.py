@@ -40,6 +40,14 @@ for step in range(12):
     print(f"line {step}")
     time.sleep(0.4)
 """
+SWEEP_CELL = """%%sweep --param lr=loguniform(1e-4,1e-1) --param units=choice(16,32,64) \
+--metric accuracy --goal max --trials 3 --concurrency 1 --seed 7 --policy none \
+--name sidebar-sweep
+import math
+quality = 1 - abs(math.log10(lr) + 2) / 3
+for step in range(3):
+    mlops.log("accuracy", quality * (step + 1) / 3, step=step)
+"""
 TAB = '.jp-SideBar .lm-TabBar-tab[data-id="jupyter-mlops-sidebar"]'
 PANEL = "#jupyter-mlops-sidebar"
 
@@ -88,7 +96,7 @@ def lab(tmp_path: Path, ws: Any) -> Iterator[Lab]:
     root = tmp_path / "root"
     root.mkdir()
     make_notebook(root / NOTEBOOK, "%load_ext jupyter_mlops\nimport jupyter_mlops as mlops",
-                  LIVE_CELL)
+                  LIVE_CELL, SWEEP_CELL)
     _seed(ws, tmp_path)
     with jupyter_lab(root, _lab_env(tmp_path)) as server:
         yield server
@@ -197,6 +205,13 @@ def test_sidebar_live_runs_views_compare_and_themes(lab: Lab) -> None:
                      live.get_attribute("data-status") == "completed", timeout=120)
             assert "loss" in live.inner_text()
 
+            # Context action: the run's code goes into the notebook as a new cell.
+            run_id = live.get_attribute("data-run-id")
+            live.locator(".mlops-run-name").click(button="right")
+            page.get_by_role("menuitem", name="Insert ws.get_run(…) into the notebook").click()
+            wait_for(page, "the inserted cell", lambda: f'ws.get_run("{run_id}")' in
+                     page.locator(".jp-Notebook").inner_text(), timeout=30)
+
             # Its run view: a chart per metric and the log.
             live.locator(".mlops-run-open").click()
             view = page.locator(".mlops-run-view:visible")
@@ -224,13 +239,34 @@ def test_sidebar_live_runs_views_compare_and_themes(lab: Lab) -> None:
             assert "lr" in differing and "epochs" not in differing, differing
             shot(page, "sidebar-compare.png")
 
+            # The notebook's sweep: progress and best value in the panel, then its view.
+            sweep = page.locator(f"{PANEL} .mlops-sweep-row").filter(has_text="sidebar-sweep")
+            wait_for(page, "the sweep's 3 trials done in the panel", lambda: sweep.count() and
+                     "3/3" in sweep.inner_text(), timeout=300)
+            assert "best accuracy" in sweep.inner_text()
+            sweep.locator(".mlops-sweep-open").click()
+            board = page.locator(".mlops-sweep-view:visible .mlops-leaderboard")
+            wait_for(page, "3 trials in the leaderboard", lambda: board.locator(
+                "tbody tr").count() == 3, timeout=60)
+            head = board.locator("thead").inner_text()
+            assert "lr" in head and "units" in head and "accuracy" in head, head
+            for param in ("lr", "units"):
+                page.locator(f".mlops-sweep-view:visible .mlops-chart[data-param='{param}'] "
+                             "canvas").wait_for(timeout=30_000)
+            shot(page, "sidebar-sweep.png")
+
             # Dark theme: the panel and the views follow JupyterLab's variables.
             set_theme(lab, "JupyterLab Dark")
             page.reload()
             page.wait_for_selector("body[data-jp-theme-light='false']", state="attached",
                                    timeout=90_000)
-            page.wait_for_selector(TAB, timeout=60_000)
-            if not page.locator(f"{PANEL} .mlops-run-row").first.is_visible():
+            # Once the layout is restored (the notebook's tab is back), show the panel if the
+            # restored layout did not (clicking the tab of a shown panel would collapse it).
+            page.locator(".jp-MainAreaWidget, .jp-NotebookPanel").first.wait_for(
+                timeout=60_000)
+            page.locator("#jp-main-dock-panel .lm-TabBar-tab",
+                         has_text=NOTEBOOK).first.wait_for(timeout=60_000)
+            if "lm-mod-current" not in (page.locator(TAB).get_attribute("class") or ""):
                 page.click(TAB)
             row(page, "sidebar-live").locator(".mlops-run-open").click()
             page.locator(".mlops-run-view:visible .mlops-chart canvas").first.wait_for(

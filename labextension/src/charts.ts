@@ -13,6 +13,23 @@ export function cssVar(name: string, fallback: string): string {
   return value || fallback;
 }
 
+/** A tick label: short, and never a rounded "0" on a log axis. */
+export function formatTick(value: number): string {
+  if (value === 0) {
+    return '0';
+  }
+  const abs = Math.abs(value);
+  return abs < 1e-3 || abs >= 1e5
+    ? value.toExponential(0)
+    : String(Number(value.toPrecision(3)));
+}
+
+/** Is a value a power of ten (the labelled ticks of a log axis)? */
+export function isDecade(value: number): boolean {
+  const exponent = Math.log10(Math.abs(value));
+  return Math.abs(exponent - Math.round(exponent)) < 1e-9;
+}
+
 /** Distinct line colours, from the theme where it has them. */
 export function palette(): string[] {
   return [
@@ -160,6 +177,8 @@ export class ScatterChart {
       .sort((a, b) => a[0] - b[0]);
     const positive = numeric && pairs.length > 1 && pairs.every(p => p[0] > 0);
     const spread = positive ? pairs[pairs.length - 1][0] / pairs[0][0] : 0;
+    // Values over more than ~2 decades (a loguniform parameter) get a log axis.
+    const logX = spread > 50;
     const fg = cssVar('--jp-ui-font-color1', '#222');
     const grid = cssVar('--jp-border-color2', '#ddd');
     const axis = {
@@ -172,13 +191,14 @@ export class ScatterChart {
         width: 320,
         height: 200,
         legend: { show: false },
-        scales: { x: { time: false, distr: spread > 50 ? 3 : 1 } },
+        scales: { x: { time: false, distr: logX ? 3 : 1, log: 10 } },
         axes: [
           {
             ...axis,
             label: param,
             values: numeric
-              ? undefined
+              ? (_u: uPlot, splits: number[]) =>
+                  splits.map(v => (!logX || isDecade(v) ? formatTick(v) : ''))
               : (_u: uPlot, splits: number[]) =>
                   splits.map(v =>
                     Number.isInteger(v) ? (categories[v] ?? '') : ''

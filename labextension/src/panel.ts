@@ -433,13 +433,17 @@ export class SidebarPanel extends Widget {
       open,
       h(
         'span',
-        { class: 'mlops-run-duration' },
-        formatDuration(runDuration(run, now))
-      ),
-      h(
-        'span',
-        { class: 'mlops-run-metric', title: metric ? metric[0] : '' },
-        metric ? `${metric[0]} ${formatValue(metric[1])}` : ''
+        { class: 'mlops-row-meta' },
+        h(
+          'span',
+          { class: 'mlops-run-duration' },
+          formatDuration(runDuration(run, now))
+        ),
+        h(
+          'span',
+          { class: 'mlops-run-metric', title: metric ? metric[0] : '' },
+          metric ? `${metric[0]} ${formatValue(metric[1])}` : ''
+        )
       )
     );
     row.addEventListener('contextmenu', () => {
@@ -602,16 +606,20 @@ export class SidebarPanel extends Widget {
         'li',
         { class: 'mlops-sweep-row', 'data-sweep-id': sweep.id },
         open,
-        h('progress', {
-          max: String(total || 1),
-          value: String(done),
-          'aria-label': `${done} of ${total} trials done`
-        }),
-        h('span', { class: 'mlops-sweep-count' }, `${done}/${total}`),
         h(
           'span',
-          { class: 'mlops-run-metric' },
-          best && metric ? `best ${metric} ${formatValue(best[metric])}` : ''
+          { class: 'mlops-row-meta' },
+          h('progress', {
+            max: String(total || 1),
+            value: String(done),
+            'aria-label': `${done} of ${total} trials done`
+          }),
+          h('span', { class: 'mlops-sweep-count' }, `${done}/${total}`),
+          h(
+            'span',
+            { class: 'mlops-run-metric' },
+            best && metric ? `best ${metric} ${formatValue(best[metric])}` : ''
+          )
         )
       );
     });

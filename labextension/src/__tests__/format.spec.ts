@@ -7,6 +7,7 @@ import {
   runDuration,
   sideBySide
 } from '../format';
+import { alignSeries, formatTick, isDecade } from '../charts';
 import { IRun } from '../tokens';
 
 function run(extra: Partial<IRun> = {}): IRun {
@@ -102,5 +103,32 @@ describe('matchesText', () => {
 describe('pythonString', () => {
   it('quotes any text as a valid Python literal', () => {
     expect(pythonString('a"b\\c')).toBe('"a\\"b\\\\c"');
+  });
+});
+
+describe('chart ticks', () => {
+  it('labels log-axis decades without rounding them to 0', () => {
+    expect(formatTick(0.0001)).toBe('1e-4');
+    expect(formatTick(0.01)).toBe('0.01');
+    expect(formatTick(0)).toBe('0');
+    expect([0.001, 0.002, 0.01, 10].map(isDecade)).toEqual([
+      true,
+      false,
+      true,
+      true
+    ]);
+  });
+
+  it('aligns series on the union of their steps', () => {
+    expect(
+      alignSeries([
+        { step: [0, 2], value: [1, 3] },
+        { step: [1, 2], value: [5, 6] }
+      ])
+    ).toEqual([
+      [0, 1, 2],
+      [1, null, 3],
+      [null, 5, 6]
+    ]);
   });
 });

@@ -239,6 +239,15 @@ def test_sidebar_live_runs_views_compare_and_themes(lab: Lab) -> None:
             assert "lr" in differing and "epochs" not in differing, differing
             shot(page, "sidebar-compare.png")
 
+            # By keyboard: Enter on the HTML-named run opens its view; the name stays text.
+            row(page, XSS).locator(".mlops-run-open").focus()
+            page.keyboard.press("Enter")
+            xss_view = page.locator(".mlops-run-view:visible")
+            wait_for(page, "the HTML-named run's view", lambda: xss_view.locator(
+                ".mlops-run-title").count() and xss_view.locator(
+                ".mlops-run-title").inner_text() == XSS, timeout=30)
+            assert xss_view.locator("img").count() == 0
+
             # The notebook's sweep: progress and best value in the panel, then its view.
             sweep = page.locator(f"{PANEL} .mlops-sweep-row").filter(has_text="sidebar-sweep")
             wait_for(page, "the sweep's 3 trials done in the panel", lambda: sweep.count() and

@@ -263,6 +263,12 @@ def test_sidebar_live_runs_views_compare_and_themes(lab: Lab) -> None:
                 page.locator(f".mlops-sweep-view:visible .mlops-chart[data-param='{param}'] "
                              "canvas").wait_for(timeout=30_000)
             shot(page, "sidebar-sweep.png")
+            # A trial opens from the leaderboard (keyboard); its lineage names the sweep.
+            board.locator("tbody tr").first.focus()
+            page.keyboard.press("Enter")
+            lineage = page.locator(".mlops-run-view:visible .mlops-lineage")
+            wait_for(page, "the trial's lineage", lambda: lineage.count() and
+                     "trial" in lineage.inner_text(), timeout=30)
 
             # Dark theme: the panel and the views follow JupyterLab's variables.
             set_theme(lab, "JupyterLab Dark")

@@ -63,6 +63,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       void content.poll();
     };
 
+    const links = {
+      openRun: (id: string) =>
+        void app.commands.execute(CommandIDs.openRun, { id }),
+      openSweep: (id: string) =>
+        void app.commands.execute(CommandIDs.openSweep, { id })
+    };
     const panel = new SidebarPanel(settings, {
       openRun: id => void app.commands.execute(CommandIDs.openRun, { id }),
       openSweep: id => void app.commands.execute(CommandIDs.openSweep, { id }),
@@ -83,7 +89,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: args => {
         const id = String(args.id ?? panel.contextRun ?? '');
         if (id) {
-          return show(`run:${id}`, v => new v.RunView(settings, id));
+          return show(`run:${id}`, v => new v.RunView(settings, id, links));
         }
       }
     });

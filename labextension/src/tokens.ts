@@ -49,6 +49,11 @@ export interface IRun {
   sweep_id?: string | null;
   trial_number?: number | null;
   stop_reason?: string | null;
+  parent_id?: string | null;
+  kind?: string | null;
+  source?: string | null;
+  target?: string | null;
+  host?: string | null;
   artifacts?: IArtifact[];
 }
 

@@ -111,10 +111,17 @@ abstract class LiveView extends Widget {
   private _busy = false;
 }
 
+/** Where a view's links go (a parent run, a sweep). */
+export interface IViewLinks {
+  openRun(id: string): void;
+  openSweep(id: string): void;
+}
+
 export class RunView extends LiveView {
   constructor(
     settings: ServerConnection.ISettings,
-    readonly runId: string
+    readonly runId: string,
+    private readonly links?: IViewLinks
   ) {
     super(settings);
     this.addClass('mlops-run-view');
@@ -133,6 +140,7 @@ export class RunView extends LiveView {
       class: 'mlops-artifacts',
       'aria-label': 'Artifacts'
     });
+    this._lineage = h('div', { class: 'mlops-lineage' });
     replace(
       this.node,
       this._header,
@@ -142,7 +150,8 @@ export class RunView extends LiveView {
         'div',
         { class: 'mlops-columns' },
         h('div', {}, h('h3', {}, 'Params and tags'), this._params),
-        h('div', {}, h('h3', {}, 'Artifacts'), this._artifacts)
+        h('div', {}, h('h3', {}, 'Artifacts'), this._artifacts),
+        h('div', {}, h('h3', {}, 'Lineage'), this._lineage)
       ),
       h('h3', {}, 'Log'),
       this._log
@@ -168,6 +177,7 @@ export class RunView extends LiveView {
     this.renderCharts(metrics);
     this.renderParams(run);
     this.renderArtifacts(run);
+    this.renderLineage(run);
     if (logs.chunks.length) {
       this._logText += logs.chunks.map(c => c.text ?? '').join('');
       if (this._logText.length > MAX_LOG) {
@@ -279,6 +289,55 @@ export class RunView extends LiveView {
     );
   }
 
+  /** Where the run came from: its source, target and host, its parent run or sweep. */
+  private renderLineage(run: IRun): void {
+    const link = (label: string, open: () => void) => {
+      const button = h(
+        'button',
+        { type: 'button', class: 'mlops-link' },
+        label
+      );
+      button.addEventListener('click', open);
+      return button;
+    };
+    const facts: [string, Node | string][] = [
+      ['kind', formatValue(run.kind)],
+      ['source', formatValue(run.source)],
+      ['target', formatValue(run.target)],
+      ['host', formatValue(run.host)]
+    ];
+    if (run.parent_id) {
+      const parent = run.parent_id;
+      facts.push([
+        'parent run',
+        link(parent, () => this.links?.openRun(parent))
+      ]);
+    }
+    if (run.sweep_id) {
+      const sweep = run.sweep_id;
+      facts.push([
+        'sweep',
+        link(`${sweep} · trial ${run.trial_number ?? '?'}`, () =>
+          this.links?.openSweep(sweep)
+        )
+      ]);
+    }
+    replace(
+      this._lineage,
+      h(
+        'table',
+        { class: 'mlops-table mlops-lineage-table', 'aria-label': 'Lineage' },
+        h(
+          'tbody',
+          {},
+          ...facts.map(([k, v]) =>
+            h('tr', {}, h('th', { scope: 'row' }, k), h('td', {}, v))
+          )
+        )
+      )
+    );
+  }
+
   private renderArtifacts(run: IRun): void {
     const items = (run.artifacts || []).map(a =>
       h(
@@ -314,6 +373,7 @@ export class RunView extends LiveView {
   private _params: HTMLElement;
   private _log: HTMLElement;
   private _artifacts: HTMLElement;
+  private _lineage: HTMLElement;
   private _chartsByKey = new Map<string, MetricChart>();
   private _logAfter = 0;
   private _logText = '';

@@ -9,6 +9,8 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { pythonString } from './format';
+// The panel is added to the shell at activation, so it is needed at once.
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { SidebarPanel } from './panel';
 import { CommandIDs } from './tokens';
 
@@ -81,10 +83,22 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     app.commands.addCommand(CommandIDs.openPanel, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {}
+        }
+      },
       label: 'Show the ML workspace panel',
       execute: () => app.shell.activateById(panel.id)
     });
     app.commands.addCommand(CommandIDs.openRun, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: { id: { type: 'string', description: 'the run id' } }
+        }
+      },
       label: 'Open run',
       execute: args => {
         const id = String(args.id ?? panel.contextRun ?? '');
@@ -94,6 +108,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.openSweep, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: { id: { type: 'string', description: 'the sweep id' } }
+        }
+      },
       label: 'Open sweep',
       execute: args => {
         const id = String(args.id ?? '');
@@ -109,6 +129,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.compareRuns, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {
+            ids: {
+              type: 'array',
+              items: { type: 'string' },
+              description: 'run ids'
+            }
+          }
+        }
+      },
       label: 'Compare selected runs',
       isEnabled: () => panel.selected.length >= 2,
       execute: args => {
@@ -135,6 +167,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const hasNotebook = () => !!notebooks?.currentWidget;
 
     app.commands.addCommand(CommandIDs.insertRun, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {}
+        }
+      },
       label: 'Insert ws.get_run(…) into the notebook',
       isEnabled: () => hasNotebook() && !!panel.contextRun,
       execute: () => {
@@ -146,6 +184,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.attachWidget, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {}
+        }
+      },
       label: 'Attach its live widget in the notebook',
       isEnabled: () => hasNotebook() && !!panel.contextRun,
       execute: () => {
@@ -155,6 +199,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.insertModel, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {}
+        }
+      },
       label: 'Insert ws.models.get(…) into the notebook',
       isEnabled: () => hasNotebook() && !!panel.contextModel,
       execute: () => {
@@ -167,6 +217,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     app.commands.addCommand(CommandIDs.copyRunId, {
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {}
+        }
+      },
       label: 'Copy run id',
       isEnabled: () => !!panel.contextRun,
       execute: () => {

@@ -87,5 +87,10 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     return [{"module": "jupyter_mlops.server", "app": MlopsApp}]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab sidebar (``jupyter labextension develop`` reads this)."""
+    return [{"src": "labextension", "dest": "jupyter-mlops"}]
+
+
 def __dir__() -> list[str]:
     return __all__

@@ -70,6 +70,8 @@ class LocalTarget(Target):
 
         c.LocalTarget.gpus = ["0", "1"]   # instead of asking nvidia-smi
         c.LocalTarget.cpu_slots = 4       # concurrent jobs on a machine without GPUs
+        c.LocalTarget.warm = True         # start runs from warm processes (compute/agent/)
+        c.LocalTarget.preload = ["numpy", "torch"]  # what warm kernels import beforehand
     """
 
     name = "local"
@@ -107,10 +109,10 @@ class LocalTarget(Target):
         f"(default: {ENV_AGENT_IDLE} or 600).",
     )
     warm_kernels = Int(
-        1, config=True,
-        help="Warm job processes (each with its kernel) the agent keeps ready per slot "
-        "(per machine on a machine without GPUs: raise it to the number of CPU slots for "
-        "sweeps). Each costs a Python process and a kernel, started while runs run.",
+        None, allow_none=True, config=True,
+        help="Warm job processes (each with its kernel) the agent keeps ready for each GPU, "
+        "or in all on a machine without GPUs; default: one per slot. Each costs a Python "
+        "process and a kernel, booted while runs run.",
     )
 
     @default("warm")
@@ -131,8 +133,11 @@ class LocalTarget(Target):
                                ) from None
 
     def preload_modules(self) -> list[str]:
-        """What a warm kernel imports: ``preload`` and the modules every job cell uses."""
-        return [*dict.fromkeys([*self.preload, "jupyter_mlops.jobs._cell"])]
+        """What a warm kernel imports: ``preload``, then this package's in-run API and the
+        job notebook's helpers (every job kernel imports them: 1 s or more, off the run's
+        time when done ahead)."""
+        return [*dict.fromkeys([*self.preload, "jupyter_mlops.tracking",
+                                "jupyter_mlops.jobs._cell"])]
 
     @default("cpu_slots")
     def _cpu_slots_default(self) -> int:

@@ -42,6 +42,7 @@ ENV_AGENT_PID = "JUPYTER_MLOPS_AGENT_PID"  # a warm process checks its parent is
 ENV_PRELOAD_CODE = "JUPYTER_MLOPS_WARM_PRELOAD"  # modules a warm kernel imports, comma-separated
 BUSY_CHECK = 2.0  # seconds between two looks at the store for active runs (idle timer)
 REAP_EVERY = 10.0
+MAX_REQUEST = 1 << 16  # bytes: a request is one short JSON line
 REFILL_PAUSE = 5.0  # seconds between two replacements of crashed warm processes of a slot
 
 
@@ -142,12 +143,14 @@ class Agent:
             conn.settimeout(5.0)
             try:
                 uid = peer_uid(conn)
+                line = self._read_line(conn)  # read even when refusing: closing a socket
+                # with unread data resets it, and the caller would not see the refusal
                 if uid != os.getuid():
                     warn(f"agent: refused a connection from uid {uid}", sys.stdout)
                     self._answer(conn, {"ok": False, "error": f"refused: uid {uid} is not "
                                         f"the agent's user ({os.getuid()})"})
                     return
-                message = json.loads(self._read_line(conn))
+                message = json.loads(line)
                 self._answer(conn, self._dispatch(message))
             except Exception as exc:  # one bad client must not stop the agent
                 warn(f"agent: request failed: {exc!r}", sys.stdout)
@@ -157,7 +160,7 @@ class Agent:
     @staticmethod
     def _read_line(conn: socket.socket) -> bytes:
         data = b""
-        while not data.endswith(b"\n"):
+        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
             chunk = conn.recv(65536)
             if not chunk:
                 break
@@ -229,9 +232,13 @@ class Agent:
         return [""] if slots[0].kind == "cpu" else [s.id for s in slots]
 
     def _fill(self, key: str) -> None:
-        """Keep ``warm_kernels`` warm processes for ``key``."""
+        """Keep ``warm_kernels`` warm processes for ``key`` (one per slot by default: a
+        GPU's key stands for one slot, the CPU key for all of them)."""
+        wanted = self.target.warm_kernels
+        if wanted is None:
+            wanted = self.target.cpu_slots if self.target.inventory()[0].kind == "cpu" else 1
         alive = [p for p in self.pool.get(key, []) if p.poll() is None]
-        while len(alive) < self.target.warm_kernels:
+        while len(alive) < wanted:
             alive.append(self._spawn(["--warm"], cuda=key))
         self.pool[key] = alive
 

@@ -200,7 +200,8 @@ def test_kill9_of_every_job_process_makes_runs_lost_without_readers(warm, ws_dir
     for run_id in ids:
         victims += _family(store.get_run_row(run_id)["pid"])
     for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a short-lived helper process
+            os.kill(pid, signal.SIGKILL)
     for s in submitters:
         s.wait(timeout=30)
     statuses = wait_until(

@@ -86,12 +86,25 @@ def warm(ws_dir: Path, monkeypatch: pytest.MonkeyPatch):
             pass
         except psutil.TimeoutExpired:
             os.kill(pid, signal.SIGKILL)
+    # A kernel whose warm process was killed mid-boot exits by itself within a second or
+    # two (ipykernel watches its parent): wait for that, then check.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: all(_gone(p) for p in family), 30, "the agent's processes to end")
     leftover = [p for p in family if not _gone(p)]
     for pid in leftover:  # never leave them to the rest of the suite, then fail
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).kill()
     shutil.rmtree(runtime, ignore_errors=True)
     assert not leftover, f"processes left behind by the agent: {leftover}"
+
+
+def _wait_ready(paths: AgentPaths, **wanted: int) -> None:
+    """Wait until the agent has warm processes ready: ``wanted`` maps ``CUDA_VISIBLE_DEVICES``
+    values (``cpu`` for ``""``) to counts. A run handed while none is ready starts cold."""
+    keys = {("" if k == "cpu" else k.removeprefix("gpu")): n for k, n in wanted.items()}
+    wait_until(lambda: (answer := ping(paths)) is not None and all(
+        answer["ready"].get(k, 0) >= n for k, n in keys.items()), 120,
+        f"warm processes ready: {wanted}")
 
 
 def _submitter(ws_dir: Path, code: str, *, gpus: int = 0, name: str = "r",
@@ -117,7 +130,11 @@ def test_agent_starts_on_demand_runs_warm_and_exits_when_idle(warm, ws, monkeypa
             "print('preloaded', 'decimal' in sys.modules)\n"
             "print('run', os.environ['JUPYTER_MLOPS_RUN_ID'], 'cwd', os.getcwd())\n"
             "print('pid', os.getpid(), 'parent', os.getppid())\nresult = 42")
-    runs = [ws.submit(code, name=f"warm-{i}", outputs=["result"]) for i in range(2)]
+    ws.submit("pass", name="wake-up").wait(timeout=120)  # starts the agent (this run: cold)
+    runs = []
+    for i in range(2):
+        _wait_ready(warm, cpu=1)
+        runs.append(ws.submit(code, name=f"warm-{i}", outputs=["result"]))
     for run in runs:
         run.wait(timeout=120)
         assert run.status == "completed", run.info()["error"]
@@ -158,7 +175,9 @@ def test_two_submitters_at_once_start_one_agent(warm, ws_dir):
 
 def test_kill9_agent_jobs_go_on_and_a_new_agent_takes_over(warm, ws, tmp_path):
     flag = tmp_path / "go"
-    running = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="running")
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    running = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="running")  # warm
     queued = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="queued")  # one CPU slot
     wait_until(lambda: "started" in running.logs(), 120, "the first run to start")
     assert queued.info()["status"] == "queued"
@@ -216,6 +235,8 @@ def test_simulated_gpus_each_run_sees_only_its_device(warm, ws, tmp_path, monkey
     flag = tmp_path / "both"
     code = ("import os\nprint('devices', repr(os.environ['CUDA_VISIBLE_DEVICES']))\n"
             + WAIT_FLAG.format(flag=str(flag)))
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, gpu0=1, gpu1=1, cpu=1)
     runs = [ws.submit(code, name=f"gpu-{i}", gpus=1) for i in range(2)]
     cpu = ws.submit(code, name="no-gpu", gpus=0)
     wait_until(lambda: all("started" in r.logs() for r in [*runs, cpu]), 180,
@@ -229,7 +250,7 @@ def test_simulated_gpus_each_run_sees_only_its_device(warm, ws, tmp_path, monkey
         assert device == (run.info()["resources"].get("cuda_visible_devices") or "")
         seen.append(device)
     assert sorted(seen[:2]) == ["0", "1"] and seen[2] == ""
-    assert {r.info()["pid"] for r in runs} <= set(_warm_pids(warm))
+    assert {r.info()["pid"] for r in [*runs, cpu]} <= set(_warm_pids(warm))
 
 
 def test_warm_run_obeys_timeout_and_cancel(warm, ws, tmp_path):

@@ -2,10 +2,12 @@
 
 The agent (``jupyter_mlops.compute.agent``) starts it as ``runner --warm`` with the slot's
 ``CUDA_VISIBLE_DEVICES``; it boots its kernel, imports the preloaded modules into it, does
-its own slow set-up (papermill, the environment record, nbformat's validator), then waits on
-stdin for one run id. Until then it dies with the agent (parent-death signal, and the end of
-its stdin); once given a run it is an ordinary job process that outlives the agent. Its
-kernel serves that one run and is then discarded with it, as a cold kernel is.
+its own slow set-up (papermill, the environment record, nbformat's validator), says it is
+ready, then waits on stdin for one run id. The agent hands runs only to processes that
+said they are ready: until a process has read its run it dies with the agent
+(parent-death signal, and the end of its stdin), so a run is exposed for the microseconds
+of a read only. Once given a run it is an ordinary job process that outlives the agent.
+Its kernel serves that one run and is then discarded with it, as a cold kernel is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import time
 from typing import Any
 
 from .._processes import warn
-from ..compute.agent import ENV_AGENT_PID, ENV_PRELOAD_CODE, set_parent_death_signal
+from ..compute.agent import (
+    ENV_AGENT_PID,
+    ENV_PRELOAD_CODE,
+    ENV_READY_FD,
+    set_parent_death_signal,
+)
 
 READY_TIMEOUT = 120.0  # a kernel slower than this to boot is broken
 
@@ -131,6 +138,7 @@ def wait_for_run() -> tuple[str, WarmKernel] | None:
         return None  # without it, a warm process could outlive its agent: never warm here
     if str(os.getppid()) != os.environ.get(ENV_AGENT_PID):
         return None  # the agent died before the signal was armed
+    ready_fd = int(os.environ.pop(ENV_READY_FD, "-1"))
     from .._environment import capture_environment
     from ._execute import _kernel_manager, _start_kernel
 
@@ -148,6 +156,9 @@ def wait_for_run() -> tuple[str, WarmKernel] | None:
     print(f"warm job process {os.getpid()} ready in {time.monotonic() - started:.2f} s "
           f"(CUDA_VISIBLE_DEVICES={warm.cuda_visible_devices!r}, preload {modules})",
           flush=True)
+    if ready_fd >= 0:  # tell the agent: only now may it hand us a run
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
     line = sys.stdin.readline().strip()
     if not line:
         warm.discard()

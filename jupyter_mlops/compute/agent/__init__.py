@@ -10,11 +10,12 @@ from __future__ import annotations
 from ._client import hand_off, ping, request
 from ._os import peer_uid, set_parent_death_signal
 from ._paths import AgentPaths, AgentUnavailable
-from ._server import ENV_AGENT_PID, ENV_PRELOAD_CODE, Agent
+from ._server import ENV_AGENT_PID, ENV_PRELOAD_CODE, ENV_READY_FD, Agent
 
 __all__ = [
     "ENV_AGENT_PID",
     "ENV_PRELOAD_CODE",
+    "ENV_READY_FD",
     "Agent",
     "AgentPaths",
     "AgentUnavailable",

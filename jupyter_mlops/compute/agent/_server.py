@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 ENV_AGENT_PID = "JUPYTER_MLOPS_AGENT_PID"  # a warm process checks its parent is this agent
 ENV_PRELOAD_CODE = "JUPYTER_MLOPS_WARM_PRELOAD"  # modules a warm kernel imports, comma-separated
+ENV_READY_FD = "JUPYTER_MLOPS_WARM_READY_FD"  # a warm process writes a byte there when ready
 BUSY_CHECK = 2.0  # seconds between two looks at the store for active runs (idle timer)
 REAP_EVERY = 10.0
 MAX_REQUEST = 1 << 16  # bytes: a request is one short JSON line
@@ -56,6 +57,8 @@ class Agent:
         self.handed: list[subprocess.Popen] = []  # job processes we started (to reap zombies)
         self._stopping = False
         self._refilled: dict[str, float] = {}
+        self._ready_pipes: dict[int, int] = {}  # warm pid -> read end of its ready pipe
+        self._ready: set[int] = set()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -175,7 +178,9 @@ class Agent:
         op = message.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid(),
-                    "warm": {k: len(v) for k, v in self.pool.items()}}
+                    "warm": {k: len(v) for k, v in self.pool.items()},
+                    "ready": {k: sum(self._is_ready(p) for p in v if p.poll() is None)
+                              for k, v in self.pool.items()}}
         if op == "stop":
             self.stop()
             return {"ok": True, "pid": os.getpid()}
@@ -195,6 +200,7 @@ class Agent:
                 self._hand(process, run_id)
             except OSError:  # it died just now: start the run cold
                 process = None
+        if key is not None:
             self._fill(key)  # the next run's warm process boots beside this run
         if process is None:
             process = self._spawn([run_id])
@@ -205,11 +211,34 @@ class Agent:
         return process.pid
 
     def _take(self, key: str) -> subprocess.Popen | None:
+        """A warm process of ``key`` that is ready. One still booting is not handed a run:
+        until it reads its run it dies with the agent, and the run would die with it."""
         for process in self.pool.get(key, []):
-            if process.poll() is None:
+            if process.poll() is None and self._is_ready(process):
                 self.pool[key].remove(process)
+                self._forget(process)
                 return process
         return None
+
+    def _is_ready(self, process: subprocess.Popen) -> bool:
+        if process.pid in self._ready:
+            return True
+        fd = self._ready_pipes.get(process.pid)
+        if fd is None:
+            return False
+        try:
+            if os.read(fd, 1):
+                self._ready.add(process.pid)
+                return True
+        except BlockingIOError:
+            pass
+        return False
+
+    def _forget(self, process: subprocess.Popen) -> None:
+        self._ready.discard(process.pid)
+        fd = self._ready_pipes.pop(process.pid, None)
+        if fd is not None:
+            os.close(fd)
 
     def _hand(self, process: subprocess.Popen, run_id: str) -> None:
         assert process.stdin is not None
@@ -225,6 +254,11 @@ class Agent:
         if gpus > 1:
             return None
         free = [s.slot.id for s in self.target.slots(self.backend) if not s.held]
+        # Slots are claimed in the queue's order, lowest free first; a run handed just
+        # before may not hold its slot yet, so prefer a free slot whose warm process is ready.
+        for gpu in free:
+            if any(p.poll() is None and self._is_ready(p) for p in self.pool.get(gpu, [])):
+                return gpu
         return (free or [slots[0].id])[0]
 
     def _initial_keys(self) -> list[str]:
@@ -237,7 +271,12 @@ class Agent:
         wanted = self.target.warm_kernels
         if wanted is None:
             wanted = self.target.cpu_slots if self.target.inventory()[0].kind == "cpu" else 1
-        alive = [p for p in self.pool.get(key, []) if p.poll() is None]
+        alive = []
+        for process in self.pool.get(key, []):
+            if process.poll() is None:
+                alive.append(process)
+            else:
+                self._forget(process)
         while len(alive) < wanted:
             alive.append(self._spawn(["--warm"], cuda=key))
         self.pool[key] = alive
@@ -245,15 +284,31 @@ class Agent:
     def _spawn(self, args: list[str], cuda: str | None = None) -> subprocess.Popen:
         env = {**os.environ, **self.backend.location.to_env(), ENV_AGENT_PID: str(os.getpid())}
         env.pop("CUDA_VISIBLE_DEVICES", None)
+        ready_read = ready_write = -1
         if cuda is not None:
             env["CUDA_VISIBLE_DEVICES"] = cuda
             env[ENV_PRELOAD_CODE] = ",".join(self.target.preload_modules())
-        with open(self.paths.log, "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", self.runner_module, *args],
-                stdin=subprocess.PIPE if cuda is not None else subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                close_fds=True, env=env, cwd=self.backend.location.directory)
+            ready_read, ready_write = os.pipe()
+            os.set_blocking(ready_read, False)
+            env[ENV_READY_FD] = str(ready_write)
+        try:
+            with open(self.paths.log, "ab") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", self.runner_module, *args],
+                    stdin=subprocess.PIPE if cuda is not None else subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    close_fds=True, pass_fds=(ready_write,) if cuda is not None else (),
+                    env=env, cwd=self.backend.location.directory)
+        except BaseException:
+            if cuda is not None:
+                os.close(ready_read)
+            raise
+        finally:
+            if cuda is not None:
+                os.close(ready_write)
+        if cuda is not None:
+            self._ready_pipes[process.pid] = ready_read
+        return process
 
     def _collect_children(self) -> None:
         self.handed = [p for p in self.handed if p.poll() is None]
@@ -272,6 +327,7 @@ class Agent:
         kill what is left of them."""
         processes = [p for ps in self.pool.values() for p in ps]
         for process in processes:
+            self._forget(process)
             with contextlib.suppress(OSError):
                 process.stdin.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + 5.0

@@ -14,6 +14,13 @@ Two measurements (issue 5, "Done means"):
     wall time, time per trial, our overhead per trial over Optuna's, what a trial spends
     where (from the run records: submit -> claimed a slot -> ended, and slot time left idle
     between trials), and the overhead per trial beyond one kernel start.
+    Then the same sweep with warm starts (issue 17, ``JUPYTER_MLOPS_WARM=1``: this host's
+    agent hands each trial to a job process whose imports are done and whose kernel is up;
+    the agent is started by one warm run before the sweep, as in a notebook session), and
+    Ray Tune on the same trials (function trainable, ``reuse_actors=True``, 2 CPUs,
+    ``max_concurrent_trials=2``; ``ray.init`` timed apart), when ``ray[tune]`` is installed
+    (the ``bench`` extra). Targets (issue 17): warm per-trial wall time <= 0.2x a bare
+    kernel's start -> ready measured in the same run, and below Ray Tune's per trial.
 
 (b) Compute saved by early termination. A fixed set of synthetic learning curves (60 curves
     of 50 steps; seeded numpy RNG; steady learners, "good early, bad late" curves that peak
@@ -54,6 +61,7 @@ import numpy as np  # noqa: E402
 CONCURRENCY = 2
 TRIAL_CODE = "import jupyter_mlops as mlops\nmlops.log('score', x * 2)"
 JUDGED_FROM = 5  # the first step the policies below may prune at (delay=5, warmup=5)
+TARGET_WARM_RATIO = 0.2  # issue 17: warm per-trial wall time over a bare kernel's start
 SAVED_TARGET = 0.40  # issue 5: at least 40% fewer steps for the same best trial
 POLICIES = [
     "none",
@@ -101,6 +109,38 @@ def measure_optuna_alone(trials: int) -> float:
     return time.perf_counter() - start
 
 
+def measure_ray_tune(trials: int) -> dict[str, float] | None:
+    """Ray Tune on the same trials: (ray.init seconds, Tuner.fit wall seconds), or None."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        return None
+
+    def trainable(config: dict[str, Any]) -> dict[str, float]:
+        return {"score": config["x"] * 2}
+
+    start = time.perf_counter()
+    ray.init(num_cpus=CONCURRENCY, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    up = time.perf_counter()
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"x": tune.randint(0, 1000)},
+            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials,
+                                        max_concurrent_trials=CONCURRENCY, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=os.path.join(
+                os.environ["JUPYTER_MLOPS_WORKSPACE"], "ray"), verbose=0),
+        )
+        fit = time.perf_counter()
+        tuner.fit()
+        done = time.perf_counter()
+    finally:
+        ray.shutdown()
+    return {"init": up - start, "fit": done - fit}
+
+
 def measure_sweep(trials: int) -> dict[str, Any]:
     """Wall time of ``ws.sweep(...)`` over trivial trials, and where the time went, from the
     sweep's and its runs' records (times relative to the ``ws.sweep()`` call)."""
@@ -130,6 +170,7 @@ def measure_sweep(trials: int) -> dict[str, Any]:
         "claimed_to_end": statistics.median(r["ended_at"] - r["started_at"] for r in rows),
         "submit_to_end": statistics.median(r["ended_at"] - r["created_at"] for r in rows),
         "idle_per_trial": (CONCURRENCY * (last - first) - held) / len(rows),
+        "ids": {r["id"] for r in rows},
     }
 
 
@@ -141,6 +182,8 @@ def report_overhead(trials: int) -> None:
     kernel = measure_kernel_cycle()
     optuna_wall = measure_optuna_alone(trials)
     ours = measure_sweep(trials)
+    warm = measure_warm_sweep(trials)
+    ray_tune = measure_ray_tune(trials)
     if ours["completed"] != trials:
         print(f"    WARNING: only {ours['completed']} of {ours['trials']} trials completed")
     per_ours, per_optuna = ours["wall"] / trials, optuna_wall / trials
@@ -173,8 +216,60 @@ def report_overhead(trials: int) -> None:
           f"{ours['submit_to_end']:.3f} s = kernel {k:.3f} s + {ours['submit_to_end'] - k:.3f} s; "
           f"in wall time ({CONCURRENCY} slots) {per_ours:.3f} s per trial = "
           f"kernel / {CONCURRENCY} {k / CONCURRENCY:.3f} s + {per_ours - k / CONCURRENCY:.3f} s")
+    per_warm = warm["wall"] / trials
+    ready = kernel["ready"]
+    print("    warm starts (the agent up before the sweep):")
+    print(f"      ws.sweep(), warm                 {warm['wall']:8.1f}s {per_warm:10.3f}s"
+          + ("" if warm["completed"] == trials
+             else f"   WARNING: {warm['completed']} of {trials} completed"))
+    print(f"      each trial: submitted -> claimed {warm['to_claim']:.3f} s, claimed -> ended "
+          f"{warm['claimed_to_end']:.3f} s, slot idle per trial {warm['idle_per_trial']:.3f} s; "
+          f"{warm['warm']} of {trials} trials ran in a warm process")
+    if ray_tune is None:
+        print("    Ray Tune: not installed (pip install -e '.[bench]')")
+        per_ray = None
+    else:
+        per_ray = ray_tune["fit"] / trials
+        print(f"    Ray Tune, reuse_actors=True       {ray_tune['fit']:8.1f}s "
+              f"{per_ray:10.3f}s   (ray.init {ray_tune['init']:.1f} s, not counted)")
+    print("    ratios of the wall time per trial to a bare kernel's start -> ready "
+          f"({ready:.3f} s, same run):")
+    print(f"      cold sweep  {per_ours / ready:6.2f}x")
+    verdict = "PASS" if per_warm / ready <= TARGET_WARM_RATIO else "MISS"
+    print(f"      warm sweep  {per_warm / ready:6.2f}x   (target <= {TARGET_WARM_RATIO}x) "
+          f"{verdict};  warm / cold {per_warm / per_ours:.2f}x")
+    if per_ray is not None:
+        print(f"      Ray Tune    {per_ray / ready:6.2f}x   warm sweep / Ray Tune "
+              f"{per_warm / per_ray:.2f}x ({'ahead' if per_warm < per_ray else 'behind'})")
+    print(f"      Optuna alone {per_optuna / ready:.4f}x")
     print(f"    load average after: {os.getloadavg()[0]:.1f} (above {os.cpu_count()}: other "
           f"processes shared the CPUs, so absolute times are inflated)")
+
+
+def measure_warm_sweep(trials: int) -> dict[str, Any]:
+    """``measure_sweep`` with warm starts; the agent is up (one warm run) beforehand, and
+    stopped afterwards. Counts the trials whose job process the agent had started warm."""
+    import re
+
+    import jupyter_mlops as mlops
+    from jupyter_mlops.compute.agent import AgentPaths, ping, request
+
+    os.environ["JUPYTER_MLOPS_WARM"] = "1"
+    paths = AgentPaths.for_workspace(mlops.workspace().backend.location.directory)
+    try:
+        mlops.workspace().submit("pass", name="agent-up").wait(timeout=300)
+        time.sleep(3.0)  # let the agent finish booting its warm processes, as between cells
+        result = measure_sweep(trials)
+        warm_pids = set(re.findall(r"^warm job process (\d+) ready", paths.log.read_text(),
+                                   re.M))
+        rows = [r for r in mlops.workspace().backend.store.list_runs()
+                if r["id"] in result["ids"]]
+        result["warm"] = sum(str(r["pid"]) in warm_pids for r in rows)
+        return result
+    finally:
+        os.environ.pop("JUPYTER_MLOPS_WARM")
+        if ping(paths):
+            request(paths.socket, {"op": "stop"})
 
 
 # -- (b) compute saved by early termination ---------------------------------------------------

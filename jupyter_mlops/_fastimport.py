@@ -22,7 +22,8 @@ import sys
 
 # Format checkers of jsonschema that nbformat never uses and that cost import time.
 _UNUSED_FORMAT_CHECKERS = ("rfc3986_validator", "isoduration")
-_OUR_MODULES = ("jupyter_mlops.jobs.runner", "jupyter_mlops.sweeps.controller")
+_OUR_MODULES = ("jupyter_mlops.jobs.runner", "jupyter_mlops.jobs.agent",
+                "jupyter_mlops.sweeps.controller")
 
 
 def _our_process() -> bool:

@@ -112,8 +112,9 @@ class Target(Configurable, metaclass=_TargetMeta):
 
     - ``validate(gpus)`` runs before a run is recorded, so an impossible request fails at
       submission with a clear ``InvalidInput`` rather than waiting forever in the queue.
-    - ``submit(backend, run_id)`` starts the job process of a run already recorded ``queued`` and
-      returns without waiting for it; the job then reports everything through the store.
+    - ``submit(backend, run_id, gpus)`` starts the job process of a run already recorded
+      ``queued`` and returns without waiting for it; the job then reports everything
+      through the store.
     - ``claim(backend, run_id, gpus)`` is called *by the job process* before it starts the kernel:
       it blocks while the run waits its turn (the run stays ``queued``) and returns the slots
       it may use. A target whose scheduler already placed the job returns at once.
@@ -129,8 +130,8 @@ class Target(Configurable, metaclass=_TargetMeta):
         """Raise ``InvalidInput`` if no run of this target could ever get ``gpus`` GPUs."""
 
     @abstractmethod
-    def submit(self, backend: Backend, run_id: str) -> None:
-        """Start the job process for the ``queued`` run ``run_id``."""
+    def submit(self, backend: Backend, run_id: str, gpus: int = 0) -> None:
+        """Start the job process for the ``queued`` run ``run_id`` (which asks ``gpus``)."""
 
     @abstractmethod
     def claim(self, backend: Backend, run_id: str, gpus: int, poll: float = 0.2) -> Claim:

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Float, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, Unicode, default
 
-from .._processes import kill_tree, spawn_detached, started_before
+from .._processes import kill_tree, spawn_detached, started_before, warn
 from ..errors import InvalidInput, NotFound
 from ..store import ACTIVE, HOSTNAME, job_gone
 from ._base import Claim, ClaimCanceled, Slot, SlotState, Target
@@ -33,10 +33,14 @@ from ._base import Claim, ClaimCanceled, Slot, SlotState, Target
 if TYPE_CHECKING:
     from ..store import Backend
 
-__all__ = ["ENV_CPU_SLOTS", "ENV_GPUS", "LocalTarget", "detect_gpus"]
+__all__ = ["ENV_AGENT_IDLE", "ENV_CPU_SLOTS", "ENV_GPUS", "ENV_PRELOAD", "ENV_WARM",
+           "LocalTarget", "detect_gpus"]
 
 ENV_GPUS = "JUPYTER_MLOPS_GPUS"  # "0,1": the GPU inventory; "" : no GPU (skips nvidia-smi)
 ENV_CPU_SLOTS = "JUPYTER_MLOPS_CPU_SLOTS"
+ENV_WARM = "JUPYTER_MLOPS_WARM"  # "1": start runs through the per-host agent
+ENV_PRELOAD = "JUPYTER_MLOPS_PRELOAD"  # "numpy,torch": modules warm kernels import
+ENV_AGENT_IDLE = "JUPYTER_MLOPS_AGENT_IDLE"  # seconds
 
 SLOT_PROBE = 0.02  # seconds between two looks at the slot locks while a run waits
 
@@ -66,6 +70,8 @@ class LocalTarget(Target):
 
         c.LocalTarget.gpus = ["0", "1"]   # instead of asking nvidia-smi
         c.LocalTarget.cpu_slots = 4       # concurrent jobs on a machine without GPUs
+        c.LocalTarget.warm = True         # start runs from warm processes (compute/agent/)
+        c.LocalTarget.preload = ["numpy", "torch"]  # what warm kernels import beforehand
     """
 
     name = "local"
@@ -85,6 +91,53 @@ class LocalTarget(Target):
         help="Seconds a canceled job gets to stop by itself (its runner interrupts, then "
         "kills the kernel and stores the files) before its process tree is killed.",
     )
+
+    warm = Bool(
+        config=True,
+        help="Start runs through this host's agent, from job processes and kernels started "
+        f"ahead of time (default: {ENV_WARM}=1, else off: every run starts cold).",
+    )
+    preload = List(
+        Unicode(), config=True,
+        help="Modules warm kernels import before they are given a run, e.g. "
+        f'["numpy", "torch"] (default: {ENV_PRELOAD}, comma-separated). Importing torch '
+        "creates no CUDA context.",
+    )
+    agent_idle = Float(
+        config=True,
+        help="Seconds the agent stays without active runs or submissions before it exits "
+        f"(default: {ENV_AGENT_IDLE} or 600).",
+    )
+    warm_kernels = Int(
+        None, allow_none=True, config=True,
+        help="Warm job processes (each with its kernel) the agent keeps ready for each GPU, "
+        "or in all on a machine without GPUs; default: one per slot. Each costs a Python "
+        "process and a kernel, booted while runs run.",
+    )
+
+    @default("warm")
+    def _warm_default(self) -> bool:
+        return os.environ.get(ENV_WARM, "").strip().lower() in ("1", "true", "yes", "on")
+
+    @default("preload")
+    def _preload_default(self) -> list[str]:
+        return [m.strip() for m in os.environ.get(ENV_PRELOAD, "").split(",") if m.strip()]
+
+    @default("agent_idle")
+    def _agent_idle_default(self) -> float:
+        raw = os.environ.get(ENV_AGENT_IDLE, "").strip()
+        try:
+            return float(raw) if raw else 600.0
+        except ValueError:
+            raise InvalidInput(f"{ENV_AGENT_IDLE} must be a number of seconds, got {raw!r}"
+                               ) from None
+
+    def preload_modules(self) -> list[str]:
+        """What a warm kernel imports: ``preload``, then this package's in-run API and the
+        job notebook's helpers (every job kernel imports them: 1 s or more, off the run's
+        time when done ahead)."""
+        return [*dict.fromkeys([*self.preload, "jupyter_mlops.tracking",
+                                "jupyter_mlops.jobs._cell"])]
 
     @default("cpu_slots")
     def _cpu_slots_default(self) -> int:
@@ -319,13 +372,25 @@ class LocalTarget(Target):
 
     # -- job processes --------------------------------------------------------------------
 
-    def submit(self, backend: Backend, run_id: str) -> None:
-        """Start the run's job process detached (its own session), so it outlives us."""
+    def submit(self, backend: Backend, run_id: str, gpus: int = 0) -> None:
+        """Start the run's job process detached (its own session), so it outlives us.
+
+        With ``warm``, this host's agent starts it from a warm process (the agent is
+        started on demand); if the agent cannot be reached, the run starts cold as usual.
+        """
         row = backend.store.get_run_row(run_id)
         if row is None:
             raise NotFound(f"no run with id {run_id!r} in {backend.location.directory}")
         if row["status"] != "queued":
             raise InvalidInput(f"run {run_id} is {row['status']}; only a queued run is submitted")
+        if self.warm:
+            from .agent import AgentUnavailable, hand_off
+
+            try:
+                hand_off(backend, run_id, gpus)
+                return
+            except AgentUnavailable as exc:
+                warn(f"jupyter-mlops: starting run {run_id} cold: {exc}")
         folder = backend.staging_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         process = spawn_detached(

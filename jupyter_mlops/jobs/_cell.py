@@ -20,14 +20,14 @@ import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from typing import TYPE_CHECKING, Any
 
 from .._format import human_bytes
 from ..errors import InvalidInput, MlopsError
 from ..store import ENV_JOB_DIR
+
+if TYPE_CHECKING:
+    import nbformat
 
 CARRIED_DIR = "carried"
 RETURNED_PREFIX = "returned/"
@@ -354,6 +354,10 @@ def build_job_notebook(
     origin: str = "",
 ) -> nbformat.NotebookNode:
     """parameters cell (papermill's tag) → restore carried names → the cell → save outputs."""
+    # Imported here: the job's kernel imports this module for restore_carried/save_outputs,
+    # and nbformat (with jsonschema) would cost it a second or more.
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
     cells = [new_markdown_cell(f"Job built by `%%train` from {origin or 'a notebook cell'}.")]
     params_src = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
     cells.append(new_code_cell(params_src or "# no parameters",

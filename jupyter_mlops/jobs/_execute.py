@@ -22,13 +22,16 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._processes import kill_tree, warn
 from ..compute import ClaimCanceled, get_target
 from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, UNWRITTEN_FILE, Backend
 from ._control import REAP_EVERY, reap
 from ._spec import JobSpec, fetch_inputs
+
+if TYPE_CHECKING:
+    from ._warm import WarmKernel
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FLUSH_INTERVAL = 0.1
@@ -258,16 +261,20 @@ def _start_kernel(km: Any, cwd: str | None) -> None:
     run_sync(km.start_kernel)(extra_arguments=extra, cwd=cwd)
 
 
-def execute(backend: Backend, spec: JobSpec) -> str:
-    """Wait for compute slots (the run stays ``queued``), then run the job to an ending."""
+def execute(backend: Backend, spec: JobSpec, warm: WarmKernel | None = None) -> str:
+    """Wait for compute slots (the run stays ``queued``), then run the job to an ending,
+    in the ``warm`` kernel if it fits the slots, else in a kernel started now."""
     try:
-        return _claim_and_execute(backend, spec)
+        return _claim_and_execute(backend, spec, warm)
     finally:
         # The run has ended (or never started): its inputs and outputs are in the store.
         shutil.rmtree(backend.staging_dir(spec.run_id), ignore_errors=True)
+        pid = warm and warm.km.provisioner and warm.km.provisioner.pid
+        if pid:  # a warm kernel the run never used (canceled while queued, say)
+            kill_tree(pid)
 
 
-def _claim_and_execute(backend: Backend, spec: JobSpec) -> str:
+def _claim_and_execute(backend: Backend, spec: JobSpec, warm: WarmKernel | None) -> str:
     backend.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
                         heartbeat_at=time.time())
     if spec.parent_resources is not None:
@@ -275,7 +282,8 @@ def _claim_and_execute(backend: Backend, spec: JobSpec) -> str:
         backend.store.merge_run_json(spec.run_id, "resources",
                                      {**shared, "shared_with_parent": True})
         return _execute_claimed(
-            backend, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""})
+            backend, spec, {"CUDA_VISIBLE_DEVICES": shared.get("cuda_visible_devices") or ""},
+            warm)
     try:
         claim = get_target(spec.target).claim(backend, spec.run_id, spec.gpus)
     except ClaimCanceled:
@@ -283,10 +291,11 @@ def _claim_and_execute(backend: Backend, spec: JobSpec) -> str:
                             error="canceled while queued")
         return backend.store.get_run_row(spec.run_id)["status"]
     with claim:  # the slot locks are held until the kernel is gone
-        return _execute_claimed(backend, spec, claim.env())
+        return _execute_claimed(backend, spec, claim.env(), warm)
 
 
-def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) -> str:
+def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
+                     warm: WarmKernel | None = None) -> str:
     """Run the job to an ending and record it; returns the final status.
 
     The kernel is launched first, before papermill is even imported: its boot (about
@@ -308,24 +317,28 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
         started_at=time.time(), host=socket.gethostname(), pid=os.getpid(),
     ):  # canceled between the claim and now
         return store.get_run_row(run_id)["status"]
+    environment = warm.environment if warm is not None else None  # captured while warm
     env_thread = threading.Thread(
-        target=lambda: store.update_run(run_id, environment=capture_environment()), daemon=True
+        target=lambda: store.update_run(run_id, environment=environment
+                                        or capture_environment()), daemon=True
     )
 
-    os.environ.update(backend.location.to_env())
-    os.environ.update({ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs), ENV_JOB_DIR: str(folder),
-                       **slot_env, **spec.env})
-    os.environ[ENV_HEADLESS] = "1" if spec.headless else "0"
+    # What the kernel's environment gets for this run: a cold kernel inherits os.environ,
+    # a warm one is given it (WarmKernel.prepare).
+    run_env = {**backend.location.to_env(), ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs),
+               ENV_JOB_DIR: str(folder), **slot_env, **spec.env,
+               ENV_HEADLESS: "1" if spec.headless else "0"}
     if ((store.get_run_row(run_id) or {}).get("resources") or {}).get("datasets"):
         # --dataset inputs: local paths for mlops.dataset() in the kernel, recorded as inputs
         from ..errors import MlopsError
         from ..registry import job_datasets_env
 
         try:
-            os.environ.update(job_datasets_env(backend, run_id))
+            run_env.update(job_datasets_env(backend, run_id))
         except MlopsError as exc:
             store.set_status(run_id, "failed", error=f"the run's datasets are unavailable: {exc}")
             return "failed"
+    os.environ.update(run_env)
 
     # Plain JSON: all we need is the kernel and which cells hold code. Validating it with
     # nbformat (60-100 ms to build the schema validator) is left to papermill, which reads
@@ -353,8 +366,12 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
                       "started_at": time.time()},
         )
 
-    km = _kernel_manager(spec.kernel_name or (source.get("metadata") or {}).get(
-        "kernelspec", {}).get("name") or "python3")
+    kernel_name = spec.kernel_name or (source.get("metadata") or {}).get(
+        "kernelspec", {}).get("name") or "python3"
+    if warm is not None and not warm.fits(kernel_name, slot_env):
+        warm.discard()  # started for other devices (or another kernel): start one cold
+        warm = None
+    km = warm.km if warm is not None else _kernel_manager(kernel_name)
 
     def kernel_pid() -> int | None:
         provisioner = getattr(km, "provisioner", None)
@@ -366,7 +383,10 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str]) 
     output: TolerantOutput | None = None
     try:
         try:
-            _start_kernel(km, spec.cwd)  # the kernel inherits os.environ as set above
+            if warm is not None:
+                warm.prepare(run_env, spec.cwd)
+            else:
+                _start_kernel(km, spec.cwd)  # the kernel inherits os.environ as set above
             import papermill  # while the kernel boots
         finally:
             # Then the environment (0.3 s of reading package metadata), still beside the

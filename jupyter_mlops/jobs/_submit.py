@@ -105,7 +105,7 @@ def submit_notebook(
         shutil.rmtree(folder, ignore_errors=True)
         backend.store.delete_run(run_id)
         raise
-    compute.submit(backend, run_id)
+    compute.submit(backend, run_id, gpus=gpus)
     return run_id
 
 

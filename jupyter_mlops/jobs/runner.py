@@ -1,6 +1,7 @@
 """The job process: ``python -m jupyter_mlops.jobs.runner RUN_ID``.
 
-Started detached (its own session) so it outlives the notebook or shell that submitted it.
+Started detached (its own session) so it outlives the notebook or shell that submitted it;
+or ahead of time by the agent (``--warm``), which then writes the run id on its stdin.
 It opens the workspace given in its environment, never one found from its working folder.
 """
 
@@ -17,13 +18,22 @@ from ._spec import JobSpec
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m jupyter_mlops.jobs.runner RUN_ID", file=sys.stderr)
+        print("usage: python -m jupyter_mlops.jobs.runner RUN_ID|--warm", file=sys.stderr)
         return 2
-    run_id = argv[0]
     backend = Backend.open()
+    warm = None
+    if argv[0] == "--warm":  # started ahead of time by the agent; it sends the run id
+        from ._warm import wait_for_run
+
+        handed = wait_for_run()
+        if handed is None:
+            return 0
+        run_id, warm = handed
+    else:
+        run_id = argv[0]
     try:
         spec = JobSpec.load(backend, run_id)
-        status = execute(backend, spec)
+        status = execute(backend, spec, warm)
     except BaseException:
         backend.store.set_status(run_id, "failed", error="the job runner crashed:\n"
                                  + traceback.format_exc())

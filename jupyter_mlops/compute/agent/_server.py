@@ -1,0 +1,339 @@
+"""The agent: one process per host and workspace that starts runs' jobs from warm processes.
+
+It holds ``paths.lock`` for its whole life (a second agent exits at once), listens on a
+Unix socket only its own user may use (mode 0600 in a 0700 folder, and each peer's uid
+checked with ``SO_PEERCRED``), and keeps a pool of *warm* job processes: each has done its
+imports and started its kernel (with the slot's ``CUDA_VISIBLE_DEVICES`` and the preloaded
+modules) and waits on its stdin for the one run it will execute. A handed-over job process
+is on its own from then on (its own session, no parent-death signal): if the agent dies,
+the runs go on and record their endings. Warm processes that still wait die with the agent
+(parent-death signal, and their stdin closes); their kernels follow them (ipykernel exits
+when its parent is gone).
+
+One thread does everything (accepting, spawning, reaping): a parent-death signal is tied
+to the thread that started the child, so every child is started from this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..._processes import kill_tree, warn
+from ...store import ACTIVE, HOSTNAME
+from ._os import peer_uid
+from ._paths import AgentPaths
+
+if TYPE_CHECKING:
+    from ...store import Backend
+    from ..local import LocalTarget
+
+ENV_AGENT_PID = "JUPYTER_MLOPS_AGENT_PID"  # a warm process checks its parent is this agent
+ENV_PRELOAD_CODE = "JUPYTER_MLOPS_WARM_PRELOAD"  # modules a warm kernel imports, comma-separated
+ENV_READY_FD = "JUPYTER_MLOPS_WARM_READY_FD"  # a warm process writes a byte there when ready
+BUSY_CHECK = 2.0  # seconds between two looks at the store for active runs (idle timer)
+REAP_EVERY = 10.0
+MAX_REQUEST = 1 << 16  # bytes: a request is one short JSON line
+REFILL_PAUSE = 5.0  # seconds between two replacements of crashed warm processes of a slot
+
+
+class Agent:
+    def __init__(self, backend: Backend, target: LocalTarget, *,
+                 reap: Callable[[Backend], Any], runner_module: str):
+        self.backend, self.target, self._reap = backend, target, reap
+        self.runner_module = runner_module
+        self.paths = AgentPaths.for_workspace(backend.location.directory)
+        self.pool: dict[str, list[subprocess.Popen]] = {}
+        self.handed: list[subprocess.Popen] = []  # job processes we started (to reap zombies)
+        self._stopping = False
+        self._refilled: dict[str, float] = {}
+        self._ready_pipes: dict[int, int] = {}  # warm pid -> read end of its ready pipe
+        self._ready: set[int] = set()
+
+    # -- life ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        lock = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another agent serves this workspace on this host
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()}\n".encode())
+        listener = self._listen()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        try:
+            print(f"agent {os.getpid()} serving {self.backend.location.directory} "
+                  f"(idle exit after {self.target.agent_idle:g} s)", flush=True)
+            self._reap(self.backend)  # what a crash or a reboot left behind
+            for key in self._initial_keys():
+                self._fill(key)
+            self._serve(listener)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.paths.socket)
+            listener.close()
+            self._drain_pool()
+            os.close(lock)
+        return 0
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _listen(self) -> socket.socket:
+        path = os.fspath(self.paths.socket)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a dead agent's socket: we hold the lock, so it is not in use
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: no window where others connect
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+
+    def _serve(self, listener: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        last_busy = last_check = last_reap = time.monotonic()
+        while not self._stopping:
+            for _key, _events in selector.select(timeout=0.5):
+                with contextlib.suppress(BlockingIOError):
+                    conn, _ = listener.accept()
+                    self._handle(conn)
+                    last_busy = time.monotonic()
+            now = time.monotonic()
+            self._collect_children()
+            if now - last_reap >= REAP_EVERY:
+                self._reap(self.backend)
+                last_reap = now
+            if now - last_check >= BUSY_CHECK:
+                last_check = now
+                if self._busy():
+                    last_busy = now
+                elif now - last_busy >= self.target.agent_idle:
+                    print(f"agent {os.getpid()}: idle for {self.target.agent_idle:g} s, "
+                          "exiting", flush=True)
+                    return
+
+    def _busy(self) -> bool:
+        """Active runs of this host in the workspace (ours or adopted from an earlier agent)."""
+        try:
+            rows = self.backend.store.list_runs(status=ACTIVE)
+        except Exception:
+            return True  # the database is away for now: do not leave on that
+        return any(r["host"] in (None, HOSTNAME) and r["target"] == self.target.name
+                   for r in rows)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            try:
+                uid = peer_uid(conn)
+                line = self._read_line(conn)  # read even when refusing: closing a socket
+                # with unread data resets it, and the caller would not see the refusal
+                if uid != os.getuid():
+                    warn(f"agent: refused a connection from uid {uid}", sys.stdout)
+                    self._answer(conn, {"ok": False, "error": f"refused: uid {uid} is not "
+                                        f"the agent's user ({os.getuid()})"})
+                    return
+                message = json.loads(line)
+                self._answer(conn, self._dispatch(message))
+            except Exception as exc:  # one bad client must not stop the agent
+                warn(f"agent: request failed: {exc!r}", sys.stdout)
+                with contextlib.suppress(OSError):
+                    self._answer(conn, {"ok": False, "error": str(exc)})
+
+    @staticmethod
+    def _read_line(conn: socket.socket) -> bytes:
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    @staticmethod
+    def _answer(conn: socket.socket, answer: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def _dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
+        op = message.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid(),
+                    "warm": {k: len(v) for k, v in self.pool.items()},
+                    "ready": {k: sum(self._is_ready(p) for p in v if p.poll() is None)
+                              for k, v in self.pool.items()}}
+        if op == "stop":
+            self.stop()
+            return {"ok": True, "pid": os.getpid()}
+        if op == "submit":
+            pid = self.submit(str(message["run"]), int(message.get("gpus", 0)))
+            return {"ok": True, "pid": pid}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(self, run_id: str, gpus: int) -> int:
+        """Start the run's job: a warm process if one fits its slot, else a cold one."""
+        key = self._key(gpus)
+        process = self._take(key) if key is not None else None
+        if process is not None:
+            try:
+                self._hand(process, run_id)
+            except OSError:  # it died just now: start the run cold
+                process = None
+        if key is not None:
+            self._fill(key)  # the next run's warm process boots beside this run
+        if process is None:
+            process = self._spawn([run_id])
+        self.handed.append(process)
+        # Recorded before we answer: a submitter whose connection broke sees the run taken.
+        self.backend.store.update_run(run_id, host=HOSTNAME, pid=process.pid,
+                                      heartbeat_at=time.time())
+        return process.pid
+
+    def _take(self, key: str) -> subprocess.Popen | None:
+        """A warm process of ``key`` that is ready. One still booting is not handed a run:
+        until it reads its run it dies with the agent, and the run would die with it."""
+        for process in self.pool.get(key, []):
+            if process.poll() is None and self._is_ready(process):
+                self.pool[key].remove(process)
+                self._forget(process)
+                return process
+        return None
+
+    def _is_ready(self, process: subprocess.Popen) -> bool:
+        if process.pid in self._ready:
+            return True
+        fd = self._ready_pipes.get(process.pid)
+        if fd is None:
+            return False
+        try:
+            if os.read(fd, 1):
+                self._ready.add(process.pid)
+                return True
+        except BlockingIOError:
+            pass
+        return False
+
+    def _forget(self, process: subprocess.Popen) -> None:
+        self._ready.discard(process.pid)
+        fd = self._ready_pipes.pop(process.pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _hand(self, process: subprocess.Popen, run_id: str) -> None:
+        assert process.stdin is not None
+        process.stdin.write(f"{run_id}\n".encode())
+        process.stdin.close()
+
+    def _key(self, gpus: int) -> str | None:
+        """The ``CUDA_VISIBLE_DEVICES`` a warm kernel for this request must have started
+        with, or None when no warm kernel fits (more than one GPU: started cold)."""
+        slots = self.target.inventory()
+        if slots[0].kind == "cpu" or gpus == 0:
+            return ""
+        if gpus > 1:
+            return None
+        free = [s.slot.id for s in self.target.slots(self.backend) if not s.held]
+        # Slots are claimed in the queue's order, lowest free first; a run handed just
+        # before may not hold its slot yet, so prefer a free slot whose warm process is ready.
+        for gpu in free:
+            if any(p.poll() is None and self._is_ready(p) for p in self.pool.get(gpu, [])):
+                return gpu
+        return (free or [slots[0].id])[0]
+
+    def _initial_keys(self) -> list[str]:
+        slots = self.target.inventory()
+        return [""] if slots[0].kind == "cpu" else [s.id for s in slots]
+
+    def _fill(self, key: str) -> None:
+        """Keep ``warm_kernels`` warm processes for ``key`` (one per slot by default: a
+        GPU's key stands for one slot, the CPU key for all of them)."""
+        wanted = self.target.warm_kernels
+        if wanted is None:
+            wanted = self.target.cpu_slots if self.target.inventory()[0].kind == "cpu" else 1
+        alive = []
+        for process in self.pool.get(key, []):
+            if process.poll() is None:
+                alive.append(process)
+            else:
+                self._forget(process)
+        while len(alive) < wanted:
+            alive.append(self._spawn(["--warm"], cuda=key))
+        self.pool[key] = alive
+
+    def _spawn(self, args: list[str], cuda: str | None = None) -> subprocess.Popen:
+        env = {**os.environ, **self.backend.location.to_env(), ENV_AGENT_PID: str(os.getpid())}
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        ready_read = ready_write = -1
+        if cuda is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda
+            env[ENV_PRELOAD_CODE] = ",".join(self.target.preload_modules())
+            ready_read, ready_write = os.pipe()
+            os.set_blocking(ready_read, False)
+            env[ENV_READY_FD] = str(ready_write)
+        try:
+            with open(self.paths.log, "ab") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", self.runner_module, *args],
+                    stdin=subprocess.PIPE if cuda is not None else subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    close_fds=True, pass_fds=(ready_write,) if cuda is not None else (),
+                    env=env, cwd=self.backend.location.directory)
+        except BaseException:
+            if cuda is not None:
+                os.close(ready_read)
+            raise
+        finally:
+            if cuda is not None:
+                os.close(ready_write)
+        if cuda is not None:
+            self._ready_pipes[process.pid] = ready_read
+        return process
+
+    def _collect_children(self) -> None:
+        self.handed = [p for p in self.handed if p.poll() is None]
+        now = time.monotonic()
+        for key, processes in self.pool.items():
+            if (any(p.poll() is not None for p in processes) and not self._stopping
+                    and now - self._refilled.get(key, 0.0) >= REFILL_PAUSE):
+                # A warm process died (it should not): replace it, but not in a tight loop.
+                warn(f"agent: a warm job process for CUDA_VISIBLE_DEVICES={key!r} exited; "
+                     "starting another", sys.stdout)
+                self._refilled[key] = now
+                self._fill(key)
+
+    def _drain_pool(self) -> None:
+        """Close the warm processes' stdin (they shut their kernels down and exit), then
+        kill what is left of them."""
+        processes = [p for ps in self.pool.values() for p in ps]
+        for process in processes:
+            self._forget(process)
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5.0
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            if process.poll() is None:
+                kill_tree(process.pid)
+        self.pool.clear()

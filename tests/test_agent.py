@@ -1,0 +1,307 @@
+"""The per-host agent (warm starts): its life, its refusals, and runs through warm kernels.
+
+Real agents, warm job processes and kernels; every wait is on a condition with a generous
+bound. Each test stops the agents it started and checks nothing of theirs is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jupyter_mlops.compute.agent import AgentPaths, ping, request
+
+from .conftest import wait_until
+
+WAIT_FLAG = textwrap.dedent("""\
+    import os, time, pathlib
+    print("started", os.getpid(), flush=True)
+    while not pathlib.Path({flag!r}).exists():
+        time.sleep(0.05)
+    print("done")
+""")
+
+
+def _agent_pids(paths: AgentPaths) -> list[int]:
+    log = paths.log.read_text() if paths.log.exists() else ""
+    return [int(p) for p in re.findall(r"^agent (\d+) serving", log, re.M)]
+
+
+def _warm_pids(paths: AgentPaths) -> list[int]:
+    log = paths.log.read_text() if paths.log.exists() else ""
+    return [int(p) for p in re.findall(r"^warm job process (\d+) ready", log, re.M)]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _family(pid: int) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def warm(ws_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Warm starts on, in a fresh workspace; afterwards every agent (and what it started)
+    is stopped and checked gone."""
+    monkeypatch.setenv("JUPYTER_MLOPS_WARM", "1")
+    monkeypatch.setenv("JUPYTER_MLOPS_AGENT_IDLE", "120")
+    monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "1")
+    monkeypatch.delenv("JUPYTER_MLOPS_GPUS", raising=False)
+    monkeypatch.delenv("JUPYTER_MLOPS_PRELOAD", raising=False)
+    # A runtime folder of its own (short: socket paths are limited to 107 bytes), so that
+    # opening it up in one test never touches another's; others may pass through it.
+    runtime = Path(tempfile.mkdtemp(prefix="mlops-rt-"))
+    runtime.chmod(0o711)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    ws_dir.mkdir(parents=True, exist_ok=True)
+    paths = AgentPaths.for_workspace(ws_dir)
+    yield paths
+    family = [p for pid in _agent_pids(paths) for p in _family(pid)]
+    if ping(paths) is not None:
+        request(paths.socket, {"op": "stop"})
+    for pid in _agent_pids(paths):
+        try:
+            psutil.Process(pid).wait(timeout=30)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            os.kill(pid, signal.SIGKILL)
+    # A kernel whose warm process was killed mid-boot exits by itself within a second or
+    # two (ipykernel watches its parent): wait for that, then check.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: all(_gone(p) for p in family), 30, "the agent's processes to end")
+    leftover = [p for p in family if not _gone(p)]
+    for pid in leftover:  # never leave them to the rest of the suite, then fail
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    shutil.rmtree(runtime, ignore_errors=True)
+    assert not leftover, f"processes left behind by the agent: {leftover}"
+
+
+def _wait_ready(paths: AgentPaths, **wanted: int) -> None:
+    """Wait until the agent has warm processes ready: ``wanted`` maps ``CUDA_VISIBLE_DEVICES``
+    values (``cpu`` for ``""``) to counts. A run handed while none is ready starts cold."""
+    keys = {("" if k == "cpu" else k.removeprefix("gpu")): n for k, n in wanted.items()}
+    wait_until(lambda: (answer := ping(paths)) is not None and all(
+        answer["ready"].get(k, 0) >= n for k, n in keys.items()), 120,
+        f"warm processes ready: {wanted}")
+
+
+def _submitter(ws_dir: Path, code: str, *, gpus: int = 0, name: str = "r",
+               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A separate process that submits one run, prints its id and then waits (so a test
+    can kill it like any notebook kernel)."""
+    script = textwrap.dedent(f"""\
+        import sys, jupyter_mlops as mlops
+        run = mlops.workspace().submit({code!r}, name={name!r}, gpus={gpus})
+        print(run.id, flush=True)
+        sys.stdin.read()
+    """)
+    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ws_dir.parent,
+                            env={**os.environ, **(extra_env or {})})
+
+
+def test_agent_starts_on_demand_runs_warm_and_exits_when_idle(warm, ws, monkeypatch):
+    monkeypatch.setenv("JUPYTER_MLOPS_AGENT_IDLE", "3")
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "decimal")
+    assert ping(warm) is None  # nothing runs before the first submit
+    code = ("import os, sys\n"
+            "print('preloaded', 'decimal' in sys.modules)\n"
+            "print('run', os.environ['JUPYTER_MLOPS_RUN_ID'], 'cwd', os.getcwd())\n"
+            "print('pid', os.getpid(), 'parent', os.getppid())\nresult = 42")
+    ws.submit("pass", name="wake-up").wait(timeout=120)  # starts the agent (this run: cold)
+    runs = []
+    for i in range(2):
+        _wait_ready(warm, cpu=1)
+        runs.append(ws.submit(code, name=f"warm-{i}", outputs=["result"]))
+    for run in runs:
+        run.wait(timeout=120)
+        assert run.status == "completed", run.info()["error"]
+        logs = run.logs()
+        assert "preloaded True" in logs
+        assert f"run {run.id} cwd {os.getcwd()}" in logs
+        assert run.outputs()["result"] == 42
+        assert "notebook.ipynb" in [a["path"] for a in run.artifacts()]
+    # The runs' job processes were warm ones the agent had started ahead of them.
+    agents = _agent_pids(warm)
+    assert len(agents) == 1
+    assert {run.info()["pid"] for run in runs} <= set(_warm_pids(warm))
+    family = _family(agents[0])
+    wait_until(lambda: _gone(agents[0]), 60, "the idle agent to exit")
+    wait_until(lambda: all(_gone(p) for p in family), 30, "its warm processes to exit")
+    assert not warm.socket.exists()
+    assert "idle for 3 s, exiting" in warm.log.read_text()
+
+
+def test_two_submitters_at_once_start_one_agent(warm, ws_dir):
+    submitters = [_submitter(ws_dir, "print('hello')", name=f"s{i}") for i in range(2)]
+    try:
+        ids = [s.stdout.readline().strip() for s in submitters]
+    finally:
+        for s in submitters:
+            s.stdin.close()
+            s.wait(timeout=60)
+    import jupyter_mlops as mlops
+
+    ws = mlops.workspace()
+    for run_id in ids:
+        run = ws.get_run(run_id)
+        run.wait(timeout=120)
+        assert run.status == "completed"
+    assert len(_agent_pids(warm)) == 1
+    assert ping(warm)["pid"] == _agent_pids(warm)[0]
+
+
+def test_kill9_agent_jobs_go_on_and_a_new_agent_takes_over(warm, ws, tmp_path):
+    flag = tmp_path / "go"
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    running = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="running")  # warm
+    queued = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="queued")  # one CPU slot
+    wait_until(lambda: "started" in running.logs(), 120, "the first run to start")
+    assert queued.info()["status"] == "queued"
+    agent = _agent_pids(warm)[0]
+    handed = {running.info()["pid"], queued.info()["pid"]}
+    waiting = [p for p in _family(agent) if p != agent and p not in handed
+               and not any(p in _family(h) for h in handed)]  # warm processes and kernels
+    assert waiting
+    os.kill(agent, signal.SIGKILL)
+    wait_until(lambda: _gone(agent), 30, "the agent to die")
+    # Warm processes die with it (and their kernels with them); handed runs go on.
+    wait_until(lambda: all(_gone(p) for p in waiting), 30, "warm processes to follow it")
+    flag.write_text("")
+    for run in (running, queued):
+        run.wait(timeout=120)
+        assert run.status == "completed", run.info()["error"]
+        assert "done" in run.logs()
+    again = ws.submit("print('after')", name="after")
+    again.wait(timeout=120)
+    assert again.status == "completed"
+    agents = _agent_pids(warm)
+    assert len(agents) == 2 and agents[1] != agent
+    assert ping(warm)["pid"] == agents[1]
+
+
+def test_kill9_of_every_job_process_makes_runs_lost_without_readers(warm, ws_dir, tmp_path):
+    """The submitting process and every job process are killed; nobody reads the runs;
+    the agent stores them ``lost`` within 60 s."""
+    flag = tmp_path / "never"
+    submitters = [_submitter(ws_dir, WAIT_FLAG.format(flag=str(flag)), name=f"k{i}")
+                  for i in range(2)]
+    ids = [s.stdout.readline().strip() for s in submitters]
+    from jupyter_mlops.store import Backend
+
+    store = Backend.open(ws_dir).store  # raw rows: reading them repairs nothing
+    wait_until(lambda: store.get_run_row(ids[0])["status"] == "running"
+               or store.get_run_row(ids[1])["status"] == "running", 120, "a run to start")
+    victims = [s.pid for s in submitters]
+    for run_id in ids:
+        victims += _family(store.get_run_row(run_id)["pid"])
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):  # a short-lived helper process
+            os.kill(pid, signal.SIGKILL)
+    for s in submitters:
+        s.wait(timeout=30)
+    statuses = wait_until(
+        lambda: [r["status"] for r in map(store.get_run_row, ids)] == ["lost", "lost"]
+        and ["lost", "lost"], 90, "the agent's reaper to store both runs lost")
+    assert statuses == ["lost", "lost"]
+    store.close()
+
+
+def test_simulated_gpus_each_run_sees_only_its_device(warm, ws, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_MLOPS_GPUS", "0,1")
+    flag = tmp_path / "both"
+    code = ("import os\nprint('devices', repr(os.environ['CUDA_VISIBLE_DEVICES']))\n"
+            + WAIT_FLAG.format(flag=str(flag)))
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, gpu0=1, gpu1=1, cpu=1)
+    runs = [ws.submit(code, name=f"gpu-{i}", gpus=1) for i in range(2)]
+    cpu = ws.submit(code, name="no-gpu", gpus=0)
+    wait_until(lambda: all("started" in r.logs() for r in [*runs, cpu]), 180,
+               "all three runs to run at once")
+    flag.write_text("")
+    seen = []
+    for run in [*runs, cpu]:
+        run.wait(timeout=120)
+        assert run.status == "completed", run.info()["error"]
+        device = re.search(r"devices '(.*)'", run.logs()).group(1)
+        assert device == (run.info()["resources"].get("cuda_visible_devices") or "")
+        seen.append(device)
+    assert sorted(seen[:2]) == ["0", "1"] and seen[2] == ""
+    assert {r.info()["pid"] for r in [*runs, cpu]} <= set(_warm_pids(warm))
+
+
+def test_warm_run_obeys_timeout_and_cancel(warm, ws, tmp_path):
+    slow = "import time\nprint('sleeping', flush=True)\ntime.sleep(600)"
+    timed = ws.submit(slow, name="timeout", timeout=3)
+    timed.wait(timeout=120, raise_on_failure=False)
+    assert timed.status == "failed" and "timed out after 3 s" in timed.info()["error"]
+    canceled = ws.submit(slow, name="cancel")
+    wait_until(lambda: "sleeping" in canceled.logs(), 120, "the run to start")
+    canceled.cancel()
+    canceled.wait(timeout=120, raise_on_failure=False)
+    assert canceled.status == "canceled"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root")
+def test_another_user_is_refused(warm, ws):
+    ws.submit("print(1)", name="first").wait(timeout=120)  # the agent is up
+    nobody = __import__("pwd").getpwnam("nobody").pw_uid
+    probe = textwrap.dedent(f"""\
+        import json, os, socket, sys
+        os.setgid({nobody}); os.setuid({nobody})
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect({str(warm.socket)!r})
+                try:  # the agent may answer (and close) before reading anything
+                    s.sendall(b'{{"op": "stop"}}\\n')
+                except BrokenPipeError:
+                    pass
+                print(s.recv(4096).decode().strip())
+        except PermissionError:
+            print("permission denied")
+    """)
+
+    def as_nobody() -> str:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             timeout=60, cwd="/")
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    # The socket's folder (0700) and the socket (0600) keep others out...
+    assert as_nobody() == "permission denied"
+    # ...and if they were opened up, the agent still checks who is calling.
+    folder = warm.socket.parent
+    modes = folder.stat().st_mode, warm.socket.stat().st_mode
+    folder.chmod(0o711)
+    warm.socket.chmod(0o666)
+    try:
+        answer = json.loads(as_nobody())
+    finally:
+        folder.chmod(modes[0] & 0o7777)
+        warm.socket.chmod(modes[1] & 0o7777)
+    assert answer["ok"] is False and f"uid {nobody}" in answer["error"]
+    assert ping(warm) is not None  # the refused "stop" did not stop it

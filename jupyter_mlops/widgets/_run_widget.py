@@ -99,6 +99,7 @@ class RunWidget(LiveView, w.VBox):
         self.feed = RunFeed(backend, run_id, log_lines=log_lines)
         self.charts: dict[str, _Chart] = {}
         self._refresh_lock = threading.Lock()
+        self._drawn_finished = False  # the run's end is read *and* drawn
         self.updates = 0  # how many times traits were pushed (≤ 1 / poll_interval per second)
 
         self.header_view = w.HTML(layout=w.Layout(flex="1 1 auto", min_width="0"))
@@ -138,7 +139,9 @@ class RunWidget(LiveView, w.VBox):
 
     @property
     def finished(self) -> bool:
-        return self.feed.finished
+        """The run has ended and the view shows its final state: readers that wait on this
+        never see the end read but not yet drawn."""
+        return self._drawn_finished
 
     # -- updating (the poller's) ----------------------------------------------------------
 
@@ -171,6 +174,7 @@ class RunWidget(LiveView, w.VBox):
                 if changes.log or changes.row:
                     self._render_log()
             self.updates += 1
+            self._drawn_finished = feed.finished
 
     def _render_log(self) -> None:
         full = self.full_log_button.value

@@ -304,7 +304,8 @@ class SweepWidget(LiveView, w.VBox):
                  start: bool = True):
         self.backend, self.sweep_id = backend, sweep_id
         self.info = sweep_row(backend, sweep_id)
-        self.status = self.info["status"]
+        self.status = self.info["status"]  # as last read
+        self._drawn_status: str | None = None  # as last drawn: the poller ends on this
         self.spec: SweepSpec = SweepSpec(**self.info["spec"])
         self.rows: list[dict[str, Any]] = []
         self.series: dict[str, tuple[list[float], list[float]]] = {}
@@ -369,6 +370,12 @@ class SweepWidget(LiveView, w.VBox):
 
     @property
     def finished(self) -> bool:
+        """The sweep has ended *and* the view shows its final state (the poller sets every
+        trait after reading the status, and ``finished`` is what readers wait on)."""
+        return self._drawn_status in TERMINAL
+
+    @property
+    def _ended(self) -> bool:
         return self.status in TERMINAL
 
     # -- reading (the poller's) -----------------------------------------------------------
@@ -387,8 +394,8 @@ class SweepWidget(LiveView, w.VBox):
             self.bar.value = counts["done"] + counts["pruned"] + counts["failed"]
             self.bar.bar_style = _bar_style(self.status)
             self.wait_view.value = self.waiting_html(counts)
-            self.cancel_button.disabled = self.finished
-            self.cancel_button.layout.display = "none" if self.finished else ""
+            self.cancel_button.disabled = self._ended
+            self.cancel_button.layout.display = "none" if self._ended else ""
             self.error_view.value = (error_html(info["error"]) if info.get("error")
                                      and self.status != "completed" else "")
             self.board.value = self.leaderboard_html()
@@ -406,6 +413,7 @@ class SweepWidget(LiveView, w.VBox):
                 self.trial_picker.value = (keep if keep in ids else
                                            best["id"] if best else ids[0] if ids else None)
             self.open_button.disabled = not options
+        self._drawn_status = self.status
 
     def _read_series(self) -> set[str]:
         ids = [r["id"] for r in self.rows]
@@ -430,7 +438,7 @@ class SweepWidget(LiveView, w.VBox):
                  f"{counts['queued']} queued", f"{counts['pruned']} pruned",
                  f"{counts['failed']} failed"]
         waiting = self.spec.trials - len(self.rows)
-        if waiting > 0 and not self.finished:
+        if waiting > 0 and not self._ended:
             parts.append(f"{waiting} to sample")
         return (f"<div style='white-space:nowrap;overflow:hidden;text-overflow:ellipsis'>"
                 f"<b>{html.escape(info['name'])}</b> <code>{info['id']}</code> "
@@ -456,7 +464,7 @@ class SweepWidget(LiveView, w.VBox):
 
     def waiting_html(self, counts: dict[str, int]) -> str:
         """One line on what limits how many trials run at once."""
-        if self.finished:
+        if self._ended:
             return ""
         slots = self.target_slots()
         concurrency = self.spec.concurrency

@@ -74,6 +74,11 @@ def warm(ws_dir: Path, monkeypatch: pytest.MonkeyPatch):
     runtime.chmod(0o711)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     ws_dir.mkdir(parents=True, exist_ok=True)
+    # The workspace exists (migrated) before any submitter: these tests are about the agent,
+    # not about two processes creating one database while the machine is loaded.
+    from jupyter_mlops.store import Backend
+
+    Backend.open(ws_dir).store.close()
     paths = AgentPaths.for_workspace(ws_dir)
     yield paths
     family = [p for pid in _agent_pids(paths) for p in _family(pid)]

@@ -152,7 +152,7 @@ class Workspace:
             experiment=check_name(experiment or "Default", "experiment name"),
             tags=tags, target=target, gpus=gpus, outputs=list(outputs or []),
             timeout=timeout, datasets=pinned, history=history, origin=origin,
-            parent_id=parent, **({"max_carry_bytes": max_carry_bytes}
+            parent_id=parent, kernel_name=kernel, **({"max_carry_bytes": max_carry_bytes}
                                  if max_carry_bytes is not None else {}))
         watch(self.backend)  # this process reaps while its runs are active
         return Run(self, run_id)

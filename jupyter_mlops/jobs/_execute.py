@@ -218,6 +218,14 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+KERNEL_START_ATTEMPTS = 3  # kernels started for one run when they die before answering
+
+
+def _died_starting(exc: BaseException) -> bool:
+    """jupyter_client's error for a kernel process that exited before its first reply."""
+    return isinstance(exc, RuntimeError) and "before replying to kernel_info" in str(exc)
+
+
 def _is_dead_kernel(exc: BaseException) -> bool:
     """nbclient's DeadKernelError (nbclient is imported only once the kernel is launched)."""
     dead = getattr(sys.modules.get("nbclient.exceptions"), "DeadKernelError", None)
@@ -394,20 +402,38 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
             env_thread.start()
         output = TolerantOutput()
         papermill.iorw.papermill_io.register(OUTPUT_SCHEME, output)
-        papermill.execute_notebook(
-            notebook,
-            OUTPUT_SCHEME + str(output_nb),
-            parameters=spec.parameters,
-            kernel_name=km.kernel_name,
-            cwd=spec.cwd,
-            progress_bar=False,
-            log_output=False,
-            stdout_file=sink.stream("stdout"),
-            stderr_file=sink.stream("stderr"),
-            km=km,
-            on_notebook_start=on_notebook_start,
-            on_cell_start=on_cell_start,
-        )
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            try:
+                papermill.execute_notebook(
+                    notebook,
+                    OUTPUT_SCHEME + str(output_nb),
+                    parameters=spec.parameters,
+                    kernel_name=km.kernel_name,
+                    cwd=spec.cwd,
+                    progress_bar=False,
+                    log_output=False,
+                    stdout_file=sink.stream("stdout"),
+                    stderr_file=sink.stream("stderr"),
+                    km=km,
+                    on_notebook_start=on_notebook_start,
+                    on_cell_start=on_cell_start,
+                )
+                break
+            except RuntimeError as exc:
+                # A kernel that dies before it answers ran none of the user's code (e.g. two
+                # kernels started at once picked the same port): start another, as a person
+                # would press restart. Once a cell has started, a death is the run's ending.
+                if (not _died_starting(exc) or current["index"] is not None
+                        or watchdog.stop_reason or attempt == KERNEL_START_ATTEMPTS):
+                    raise
+                sink.write("stderr", f"jupyter-mlops: the kernel died while starting ({exc}); "
+                                     f"starting another (attempt {attempt + 1} of "
+                                     f"{KERNEL_START_ATTEMPTS})\n")
+                if kernel_pid() is not None:
+                    kill_tree(kernel_pid())
+                warm = None
+                km = _kernel_manager(kernel_name)
+                _start_kernel(km, spec.cwd)
     except BaseException as exc:  # a cell raised, papermill failed, or we were interrupted
         if _is_dead_kernel(exc):
             error = (

@@ -127,6 +127,7 @@ def submit_cell(
     origin: str = "",
     max_carry_bytes: int = DEFAULT_MAX_CARRY_BYTES,
     parent_id: str | None = None,
+    kernel_name: str | None = None,
 ) -> str:
     """Submit a notebook cell as a job: carry the names it reads, run it, keep its history.
 
@@ -156,7 +157,7 @@ def submit_cell(
         submit_notebook(
             backend, notebook, name=name, experiment=experiment, parameters=parameters,
             tags=tags, kind="cell", source=origin, cwd=os.getcwd(), timeout=timeout,
-            target=target, gpus=gpus, run_id=run_id, parent_id=parent_id,
+            kernel_name=kernel_name, target=target, gpus=gpus, run_id=run_id, parent_id=parent_id,
             datasets=datasets, headless=True, carried=list(plan.values),
             parent_resources=(parent_row["resources"] or {}) if parent_row else None,
         )

@@ -42,7 +42,7 @@ def _served_answer(ws, model: str, name: str) -> np.ndarray:
 
 def test_a_keras_model_is_served_by_the_default_entry(ws, tmp_path: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    keras = pytest.importorskip("keras")
+    import keras  # the test extra installs tensorflow-cpu
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
     path = tmp_path / "tiny.keras"
     model.save(path)
@@ -52,7 +52,7 @@ def test_a_keras_model_is_served_by_the_default_entry(ws, tmp_path: Path) -> Non
 
 
 def test_a_torchscript_model_is_served_by_the_default_entry(ws, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs torch==2.13.0
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()).eval()
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(net), str(path))
@@ -65,7 +65,7 @@ def test_a_torchscript_model_is_served_by_the_default_entry(ws, tmp_path: Path) 
 
 def test_a_state_dict_is_built_from_the_class_its_tag_names(ws, tmp_path: Path,
                                                             monkeypatch) -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs torch==2.13.0
     package = tmp_path / "code"
     package.mkdir()
     (package / "tinynet.py").write_text(TINY_NET)

@@ -194,6 +194,42 @@ def test_sqlite_busy_timeout_is_set(ws) -> None:
         assert conn.execute(sa.text("select 1")).scalar() == 1
 
 
+def test_a_first_open_waits_out_a_writer_holding_the_new_database(tmp_path: Path) -> None:
+    """CI found a writer's first open of a brand-new workspace failing with "database is
+    locked" while another process held the write lock past busy_timeout (a loaded machine).
+    The open must queue behind it, not fail."""
+    import threading
+    import time
+
+    config = WorkspaceConfig(busy_timeout=0.2)
+    loc = resolve_location(tmp_path / "new", config=config)
+    loc.directory.mkdir()
+    holding, release = threading.Event(), threading.Event()
+    released_at: list[float] = []
+
+    def hold_the_write_lock() -> None:
+        conn = sqlite3.connect(loc.directory / "mlops.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(60)
+        released_at.append(time.monotonic())
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    assert holding.wait(60)
+    # Held for several busy_timeouts: without the patient first open this fails.
+    threading.Timer(5 * config.busy_timeout, release.set).start()
+    store = Store(loc, config)
+    opened_at = time.monotonic()
+    holder.join(60)
+    assert released_at and opened_at >= released_at[0]
+    assert store.schema_revision() == store.head_revision()
+    store.close()
+
+
 def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> None:
     from alembic import command
 

@@ -41,6 +41,8 @@ ALL_STATUSES = (*ACTIVE, *TERMINAL)
 
 MetricRow = tuple[str, int, float, float]  # key, step, value, wall_time
 RunKey = tuple[float, str]  # (created_at, id): where a keyset page of runs ends
+# A first open waits up to this many busy_timeouts for another process's migration.
+OPEN_PATIENCE = 6
 
 
 def record_event(conn: Connection, kind: str, subject: str, **payload: Any) -> None:
@@ -90,8 +92,7 @@ class Store:
         if location.database_url.startswith("sqlite"):
             self._create_directory(location.directory)
         self.engine = _make_engine(location.database_url, self.config.busy_timeout)
-        with self.translated_errors():
-            self._migrate()
+        self._open_schema()
 
     # -- connection and schema ----------------------------------------------------------
 
@@ -137,16 +138,37 @@ class Store:
         except OSError as exc:
             raise database_error(self.location, exc) from None
 
+    def _open_schema(self) -> None:
+        """Migrate, waiting patiently for the lock: processes that open a brand-new workspace
+        at once (a sweep's trials, several writers) queue behind the one creating the tables,
+        however slow a loaded machine makes it, instead of failing their first open."""
+        deadline = time.monotonic() + OPEN_PATIENCE * self.config.busy_timeout
+        while True:
+            try:
+                with self.translated_errors():
+                    self._migrate()
+                return
+            except WorkspaceBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
     def _migrate(self) -> None:
         """Bring the schema to the newest revision; refuse a database from the future."""
+        from alembic import command  # imported before any lock is taken, not under it
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
         config = _alembic_config()
         script = ScriptDirectory.from_config(config)
         head = script.get_current_head()
-        with self.engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+
+        def current_revision() -> str | None:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+
+        with self._migration_lock(fcntl.LOCK_SH):  # never read a schema half migrated
+            current = current_revision()
         if current == head:
             return
         known = {rev.revision for rev in script.walk_revisions()}
@@ -156,9 +178,9 @@ class Store:
                 f"{current!r}, newer than this jupyter-mlops understands (newest: {head!r}); "
                 "upgrade jupyter-mlops (pip install -U jupyter-mlops)"
             )
-        with self._migration_lock():
-            from alembic import command
-
+        with self._migration_lock(fcntl.LOCK_EX):
+            if current_revision() == head:  # another process migrated while we waited
+                return
             with self.engine.connect() as conn:
                 conn = conn.execution_options(mlops_write=True)
                 config.attributes["connection"] = conn
@@ -166,13 +188,14 @@ class Store:
                 conn.commit()
 
     @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        # Two processes opening a brand-new workspace at once must not both create tables.
+    def _migration_lock(self, mode: int) -> Iterator[None]:
+        """A file lock beside a SQLite database: one process creates or migrates the tables
+        (exclusive) while the others wait to read the schema revision (shared)."""
         if not self.location.database_url.startswith("sqlite"):
             yield
             return
-        with open(self.location.directory / ".migrate.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with open(self.location.directory / ".migrate.lock", "a") as handle:
+            fcntl.flock(handle, mode)
             try:
                 yield
             finally:

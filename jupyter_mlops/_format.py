@@ -113,6 +113,8 @@ def slots_text(slots: list[dict[str, Any]]) -> str:
         for s in (s for s in slots if s["target"] == target):
             holder = (f"held by run {s['run_id']}" if s["run_id"]
                       else "held" if s["held"] else "free")
+            if s.get("detail"):  # nodes, runs and agents describe themselves
+                holder = s["detail"]
             lines.append(f"  {s['slot']:10s} {holder}")
     return "\n".join(lines)
 

@@ -68,7 +68,8 @@ class MlopsMagics(Magics):
     @magic_arguments()
     @argument("--name", help="run name (default: <notebook>-cell<N>)")
     @argument("--experiment", default=None, help="experiment (default: the notebook's name)")
-    @argument("--target", default="local", help="compute target (see %%mlops targets)")
+    @argument("--target", default=None,
+              help="compute target: local, ray (default: JUPYTER_MLOPS_TARGET or local)")
     @argument("--gpus", type=int, default=0, help="GPU slots to claim (CUDA_VISIBLE_DEVICES)")
     @argument("-p", "--param", action="append", metavar="NAME=VALUE",
               help="parameter, visible in the cell as a variable")
@@ -168,7 +169,7 @@ class MlopsMagics(Magics):
               help="a parameter fixed for every trial")
     @argument("--name")
     @argument("--experiment", default=None)
-    @argument("--target", default="local")
+    @argument("--target", default=None, help="compute target of the trials: local, ray")
     @argument("--gpus", type=int, default=0, help="GPUs per trial")
     @argument("--retry-failed", dest="retry_failed", type=int, default=0)
     @argument("--seed", type=int, default=None)

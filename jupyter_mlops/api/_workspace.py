@@ -102,7 +102,7 @@ class Workspace:
         name: str | None = None,
         experiment: str | None = None,
         tags: dict[str, Any] | None = None,
-        target: str = "local",
+        target: str | None = None,
         gpus: int = 0,
         datasets: list[str] | list[dict[str, Any]] | None = None,
         outputs: list[str] | None = None,
@@ -115,15 +115,18 @@ class Workspace:
         max_carry_bytes: int | None = None,
     ) -> Run:
         """Run a notebook (a path ending ``.ipynb`` or a notebook node) or a cell's code as
-        a tracked job on ``target``; returns the ``queued`` Run at once.
+        a tracked job on ``target`` (default: ``JUPYTER_MLOPS_TARGET`` or
+        ``c.ComputeConfig.default_target``, else ``local``); returns the ``queued`` Run at once.
 
         This is what ``%%train``, ``jupyter mlops run`` and every other surface call. A
         cell's code reads names from ``namespace`` (the notebook's variables), which are
         carried to the job; ``outputs`` come back with ``Run.outputs()``. A notebook gets
         ``params`` papermill-style. Nothing is stored when the input is refused.
         """
+        from ..compute import default_target
         from ..jobs import read_notebook, submit_cell, submit_notebook, watch
 
+        target = target or default_target()
         params = check_params(params or {})
         tags = check_tags(tags or {})
         timeout = check_timeout(timeout)
@@ -388,7 +391,7 @@ class Workspace:
         from_run: str | None = None,
         namespace: dict[str, Any] | None = None,
         fixed: dict[str, Any] | None = None,
-        target: str = "local",
+        target: str | None = None,
         gpus: int = 0,
         retry_failed: int = 0,
         seed: int | None = None,
@@ -399,9 +402,11 @@ class Workspace:
         """Start a hyperparameter sweep; returns a ``Sweep`` at once (its controller runs
         detached). The code is a notebook path, a notebook node, a cell's source (names it
         reads are carried from ``namespace``), or the code of an earlier run (``from_run``)."""
+        from ..compute import default_target
         from ..sweeps import start_sweep
         from ._sweep import Sweep
 
+        target = target or default_target()
         if isinstance(params, dict):
             space = dict(params)
         else:
@@ -485,12 +490,32 @@ class Workspace:
     # -- compute --------------------------------------------------------------------------
 
     def targets(self) -> list[dict[str, Any]]:
-        """Each target's slots and the run holding each (``%mlops targets``)."""
-        from ..compute import get_target
+        """Each target's slots and the run holding each (``%mlops targets``): the local
+        slots, the local agent when one runs, and the Ray cluster's nodes and runs when a
+        cluster is configured (``RAY_ADDRESS``, ``c.RayTarget.address``) or is the default
+        target. Rows: ``target, slot, held, run_id`` and, for some, ``detail``."""
+        from ..compute import default_target, get_target, local_agent_state
 
         target = get_target("local")
-        return [{"target": target.name, "slot": s.slot.name, "held": s.held,
-                 "run_id": s.run_id} for s in target.slots(self.backend)]
+        rows: list[dict[str, Any]] = [
+            {"target": target.name, "slot": s.slot.name, "held": s.held, "run_id": s.run_id}
+            for s in target.slots(self.backend)]
+        agent = local_agent_state(self.backend)
+        if agent is not None:
+            rows.append({"target": target.name, "slot": "agent", "held": agent["busy"],
+                         "run_id": None, "detail": agent["detail"]})
+        if default_target() == "ray" or ray_configured():
+            rows.extend(get_target("ray").describe(self.backend))
+        return rows
+
+
+def ray_configured() -> bool:
+    """Whether a Ray cluster is named (``RAY_ADDRESS`` or ``c.RayTarget.address``): only
+    then does ``targets()`` connect to it (connecting takes seconds, or fails)."""
+    from ..store import load_file_config
+
+    return bool(os.environ.get("RAY_ADDRESS") or load_file_config().get(
+        "RayTarget", {}).get("address"))
 
 
 # How many metric ids one events() call looks through: a follower far behind catches up in

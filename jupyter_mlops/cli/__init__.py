@@ -35,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     read_notebook(args.notebook)  # before the workspace: bad input stores nothing
     ws = open_workspace()
     run = ws.submit(args.notebook, params=params, name=args.name, experiment=args.experiment,
-                    tags=tags, timeout=args.timeout, kernel=args.kernel)
+                    tags=tags, timeout=args.timeout, kernel=args.kernel, target=args.target,
+                    gpus=args.gpus)
     if not args.wait:
         print(dump_json({"id": run.id, "status": "queued"}) if args.json else run.id)
         return 0
@@ -139,6 +140,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         goal=args.goal, sampler=args.sampler, trials=args.trials,
         concurrency=args.concurrency, policy=args.policy, fixed=parse_pairs(args.fixed),
         retry_failed=args.retry_failed, seed=args.seed, gpus=args.gpus, timeout=args.timeout,
+        target=args.target,
         name=args.name or Path(args.notebook).stem + "-sweep", experiment=args.experiment)
     if not args.wait:
         print(sweep.id)
@@ -195,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", metavar="KEY=VALUE")
     run.add_argument("--timeout", type=float, help="seconds before the run is stopped")
     run.add_argument("--kernel", help="kernel name (default: the notebook's)")
+    run.add_argument("--target", help="compute target: local, ray (default: "
+                     "JUPYTER_MLOPS_TARGET or local)")
+    run.add_argument("--gpus", type=int, default=0, help="GPUs the run holds")
     run.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                      help="follow the run's log until it ends (default) or return at once")
     run.add_argument("--json", action="store_true")
@@ -240,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar=("NAME", "VALUE"), help="a parameter fixed for every trial")
     sweep.add_argument("--retry-failed", type=int, default=0)
     sweep.add_argument("--seed", type=int)
-    sweep.add_argument("--gpus", type=int, default=0)
+    sweep.add_argument("--gpus", type=int, default=0, help="GPUs per trial")
+    sweep.add_argument("--target", help="compute target of the trials: local, ray")
     sweep.add_argument("--timeout", type=float, help="seconds per trial")
     sweep.add_argument("--name")
     sweep.add_argument("--experiment", default="Default")

@@ -1,13 +1,20 @@
 """Compute targets: where a run's job process runs, and the slots (GPUs, CPU) it holds.
 
-``local`` is built in; other targets (Ray, for more than one machine) are plugins found under
-the ``jupyter_mlops.targets`` entry-point group, loaded only when asked for by name.
+``local`` is built in; ``ray`` (for more than one machine) ships with the package but is
+imported only when asked for by name (importing Ray takes seconds); other targets are plugins
+found under the ``jupyter_mlops.targets`` entry-point group, loaded the same lazy way.
+The default target is ``JUPYTER_MLOPS_TARGET``, else ``c.ComputeConfig.default_target``.
 """
 
 from __future__ import annotations
 
+import os
+from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from traitlets import Unicode, default
+from traitlets.config import Configurable
 
 from ..errors import InvalidInput
 from ._base import Claim, ClaimCanceled, Slot, SlotState, Target
@@ -16,18 +23,71 @@ from .local import LocalTarget
 if TYPE_CHECKING:
     from traitlets.config import Config
 
+    from ..store import Backend
+
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ENV_TARGET",
     "Claim",
     "ClaimCanceled",
+    "ComputeConfig",
     "LocalTarget",
     "Slot",
     "SlotState",
     "Target",
+    "default_target",
     "get_target",
+    "local_agent_state",
+    "target_names",
 ]
 
 ENTRY_POINT_GROUP = "jupyter_mlops.targets"
+ENV_TARGET = "JUPYTER_MLOPS_TARGET"
+# Targets shipped with this package but imported on demand: name -> "module:class".
+BUILT_IN = {"ray": "jupyter_mlops.compute.ray:RayTarget"}
+
+
+class ComputeConfig(Configurable):
+    """Which target runs go to when a surface does not say (``--target``)."""
+
+    default_target = Unicode(
+        config=True, help=f"Target of runs and sweeps given no --target (default: {ENV_TARGET} "
+        "or 'local').")
+
+    @default("default_target")
+    def _default_target_default(self) -> str:
+        return os.environ.get(ENV_TARGET, "").strip() or LocalTarget.name
+
+
+def default_target(config: Config | None = None) -> str:
+    """The name of the target used when none is given."""
+    if config is None:
+        from ..store import load_file_config
+
+        config = load_file_config()
+    return ComputeConfig(config=config).default_target
+
+
+def local_agent_state(backend: Backend) -> dict[str, Any] | None:
+    """The warm-start agent of this host, if one runs: whether it is busy, and when idle,
+    how long until it exits and frees its warm kernels (scale to zero)."""
+    from .agent import AgentPaths, ping
+
+    answer = ping(AgentPaths.for_workspace(backend.location.directory))
+    if not answer or not answer.get("ok"):
+        return None
+    warm = sum((answer.get("warm") or {}).values())
+    idle, limit = float(answer.get("idle_for", 0.0)), float(answer.get("idle_exit", 0.0))
+    busy = idle < 3.0  # BUSY_CHECK: it looked at the store and saw active runs
+    state = "busy" if busy else f"idle for {idle:.0f} s, exits in {max(limit - idle, 0):.0f} s"
+    return {"busy": busy, "pid": answer.get("pid"), "warm": warm,
+            "detail": f"agent pid {answer.get('pid')}: {warm} warm kernel(s), {state}"}
+
+
+def target_names() -> list[str]:
+    """Every target that can be asked for by name."""
+    return sorted({LocalTarget.name, *BUILT_IN,
+                   *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
 
 
 def get_target(name: str = "local", config: Config | None = None) -> Target:
@@ -40,6 +100,9 @@ def get_target(name: str = "local", config: Config | None = None) -> Target:
     if name == LocalTarget.name:
         return LocalTarget(config=config)
     # Plugins are looked up only now: importing one (e.g. ray) can take seconds.
+    if name in BUILT_IN:
+        module, _, cls_name = BUILT_IN[name].partition(":")
+        return getattr(import_module(module), cls_name)(config=config)
     found = entry_points(group=ENTRY_POINT_GROUP)
     for ep in found:
         if ep.name == name:
@@ -54,5 +117,4 @@ def get_target(name: str = "local", config: Config | None = None) -> Target:
             if not isinstance(target, Target):
                 raise InvalidInput(f"target {name!r} ({ep.value}) is not a Target")
             return target
-    known = sorted({LocalTarget.name, *(ep.name for ep in found)})
-    raise InvalidInput(f"unknown target {name!r}; known targets: {', '.join(known)}")
+    raise InvalidInput(f"unknown target {name!r}; known targets: {', '.join(target_names())}")

@@ -108,13 +108,13 @@ class Agent:
     def _serve(self, listener: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
-        last_busy = last_check = last_reap = time.monotonic()
+        last_check = last_reap = self._last_busy = time.monotonic()
         while not self._stopping:
             for _key, _events in selector.select(timeout=0.5):
                 with contextlib.suppress(BlockingIOError):
                     conn, _ = listener.accept()
                     self._handle(conn)
-                    last_busy = time.monotonic()
+                    self._last_busy = time.monotonic()
             now = time.monotonic()
             self._collect_children()
             if now - last_reap >= REAP_EVERY:
@@ -123,8 +123,8 @@ class Agent:
             if now - last_check >= BUSY_CHECK:
                 last_check = now
                 if self._busy():
-                    last_busy = now
-                elif now - last_busy >= self.target.agent_idle:
+                    self._last_busy = now
+                elif now - self._last_busy >= self.target.agent_idle:
                     print(f"agent {os.getpid()}: idle for {self.target.agent_idle:g} s, "
                           "exiting", flush=True)
                     return
@@ -177,7 +177,11 @@ class Agent:
     def _dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message.get("op")
         if op == "ping":
+            # idle_for counts from the last active run or request: the agent (and its warm
+            # kernels) exits at idle_exit, which `targets` shows (scale to zero).
             return {"ok": True, "pid": os.getpid(),
+                    "idle_for": time.monotonic() - getattr(self, "_last_busy", time.monotonic()),
+                    "idle_exit": self.target.agent_idle,
                     "warm": {k: len(v) for k, v in self.pool.items()},
                     "ready": {k: sum(self._is_ready(p) for p in v if p.poll() is None)
                               for k, v in self.pool.items()}}

@@ -1,0 +1,203 @@
+"""The ``ray`` target on a real local Ray cluster (``ray start --head`` on loopback, 2 CPUs and
+one logical GPU: ``--num-gpus 1`` registers a GPU on a CPU-only machine, so placement with
+``num_gpus`` and the ``CUDA_VISIBLE_DEVICES`` Ray sets are real, only no CUDA is behind it).
+
+The cluster is this module's: free ports, its own temp dir and token, stopped by the PIDs of
+its processes (``ray stop`` would stop every Ray cluster of the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytest.importorskip("ray")
+
+from .conftest import PYTHON, cli, make_notebook, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """The processes of the cluster whose temp dir is ``temp_dir``, and their children."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A throwaway Ray head on loopback; yields its address (also set as RAY_ADDRESS)."""
+    temp_dir = tempfile.mkdtemp(prefix="mlray-", dir="/tmp")  # short: Unix socket paths
+    token = Path(temp_dir) / "token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = _free_port()
+    workers = _free_port()
+    saved = {k: os.environ.get(k) for k in [*auth, "RAY_ADDRESS"]}
+    os.environ.update(auth)
+    # Workers get their ports from a small range above a free port (the defaults would
+    # collide with other clusters on this machine); the rest are free ports too.
+    start = subprocess.run(
+        ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--include-dashboard=false", "--num-cpus", "2", "--num-gpus", "1",
+         "--temp-dir", temp_dir, "--disable-usage-stats",
+         "--min-worker-port", str(min(workers, 64000)),
+         "--max-worker-port", str(min(workers, 64000) + 200),
+         "--ray-client-server-port", str(_free_port()),
+         "--dashboard-agent-listen-port", str(_free_port()),
+         "--object-store-memory", str(200 * 1024 * 1024)],
+        capture_output=True, text=True, env={**os.environ}, timeout=240)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        yield os.environ["RAY_ADDRESS"]
+    finally:
+        try:
+            import ray
+
+            ray.shutdown()
+        finally:
+            procs = _cluster_processes(temp_dir)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM) if proc.is_running() else None
+            _gone, alive = psutil.wait_procs(procs, timeout=20)
+            for proc in alive:
+                proc.kill()
+            psutil.wait_procs(alive, timeout=20)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_ws(ray_cluster: str, ws):
+    yield ws
+
+
+def test_train_on_ray_runs_the_job_on_the_cluster_with_a_gpu(ray_ws, monkeypatch) -> None:
+    """ws.submit(target="ray") end to end: logs, metrics and artifacts in the store, the
+    GPU Ray placed the task on is the one the kernel sees."""
+    run = ray_ws.submit(
+        "import os, jupyter_mlops as mlops\n"
+        "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
+        "for step in range(3):\n    mlops.log('loss', 1.0 / (step + 1), step=step)\n"
+        "(mlops.outputs_dir() / 'model.txt').write_text('w')\n",
+        name="on-ray", target="ray", gpus=1, namespace={})
+    assert run.wait(timeout=180) == "completed", run.info()["error"]
+    assert run.metric_history("loss")["value"].tolist() == [1.0, 0.5, 1.0 / 3]
+    assert "cuda '0'" in run.logs()
+    assert "outputs/model.txt" in {a["path"] for a in run.artifacts()}
+    resources = run.info()["resources"]
+    assert resources["slots"] == ["gpu:0"] and resources["ray"]["gpu_ids"] == ["0"]
+    assert run.info()["target"] == "ray"
+
+    # The default target comes from JUPYTER_MLOPS_TARGET: this run goes to Ray unasked.
+    monkeypatch.setenv("JUPYTER_MLOPS_TARGET", "ray")
+    again = ray_ws.submit("print('default target')", name="default", namespace={})
+    assert again.wait(timeout=180) == "completed", again.info()["error"]
+    assert again.info()["target"] == "ray" and "node_ip" in again.info()["resources"]["ray"]
+
+
+def test_bad_requests_on_ray_fail_at_submission(ray_ws) -> None:
+    import jupyter_mlops as mlops
+
+    with pytest.raises(mlops.InvalidInput, match="more GPUs than any node"):
+        ray_ws.submit("print(1)", target="ray", gpus=2, namespace={})
+    assert ray_ws.runs() == []
+
+
+def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None:
+    """Cancel stops the job on Ray; a Ray worker killed mid-run ends its run ``failed``
+    (never stuck active), and the runner it started dies with it."""
+    code = ("import time, jupyter_mlops as mlops\nmlops.log('started', 1.0)\n"
+            "print('going', flush=True)\ntime.sleep(600)")
+    victim = ray_ws.submit(code, name="victim", target="ray", namespace={})
+    canceled = ray_ws.submit(code, name="canceled", target="ray", namespace={})
+    for run in (victim, canceled):
+        wait_until(lambda r=run: "going" in r.logs(), timeout=180, what=f"{run.name} to start")
+
+    # `targets` shows the node with its CPUs/GPU and which run runs where.
+    listing = cli("targets")
+    assert listing.returncode == 0, listing.stderr
+    assert "target ray:" in listing.stdout and "CPU 2/2 used" in listing.stdout
+    assert f"run {victim.id}" in listing.stdout and "running on" in listing.stdout
+
+    canceled.cancel()
+    wait_until(lambda: canceled.status == "canceled", timeout=120, what="the cancel")
+    assert canceled.metrics() == {"started": 1.0}
+
+    info = victim.info()
+    worker, runner = info["resources"]["ray"]["worker_pid"], info["pid"]
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: victim.status in ("failed", "lost"), timeout=120,
+               what="the killed worker's run to end")
+    assert "died" in (victim.info()["error"] or "")
+    wait_until(lambda: not psutil.pid_exists(runner)
+               or psutil.Process(runner).status() == psutil.STATUS_ZOMBIE,
+               timeout=60, what="the runner to die with its worker")
+    # Both CPUs are back: a new run starts at once.
+    after = ray_ws.submit("print('after')", name="after", target="ray", namespace={})
+    assert after.wait(timeout=180) == "completed", after.info()["error"]
+
+
+def test_sweep_and_cli_run_on_ray(ray_ws, tmp_path: Path) -> None:
+    """A sweep's trials go to Ray two at a time; ``jupyter mlops run --target ray`` too."""
+    notebook = make_notebook(
+        tmp_path / "train.ipynb",
+        "import time, jupyter_mlops as mlops\ntime.sleep(1)\nmlops.log('score', x * 2)",
+        parameters="x = 0")
+    sweep = ray_ws.sweep(str(notebook), params={"x": "choice(1, 2, 3, 4)"}, metric="score",
+                         sampler="grid", trials=4, concurrency=2, target="ray", seed=0,
+                         name="ray-sweep")
+    sweep.wait(timeout=300)
+    rows = sweep.trial_rows()
+    assert sorted(r["status"] for r in rows) == ["completed"] * 4
+    assert {r["target"] for r in rows} == {"ray"}
+    assert all((r["resources"] or {}).get("ray", {}).get("node_ip") for r in rows)
+    assert sweep.best_run.metrics()["score"] == 8
+
+    done = cli("run", str(notebook), "-p", "x", "5", "--target", "ray", "--name", "cli-ray")
+    assert done.returncode == 0, done.stderr
+    run = ray_ws.get_run("cli-ray")
+    assert run.info()["target"] == "ray" and run.metrics()["score"] == 10
+
+
+def test_unreachable_cluster_says_what_to_do(ws, monkeypatch) -> None:
+    """Runs in a child process: this one may already be connected to the module's cluster."""
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
+    out = subprocess.run(
+        [PYTHON, "-c", "import jupyter_mlops as m, sys\n"
+         "try:\n    m.workspace().submit('1', target='ray', namespace={})\n"
+         "except m.InvalidInput as e:\n    print('refused:', e); sys.exit(3)"],
+        capture_output=True, text=True, timeout=180)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "cannot reach the Ray cluster" in out.stdout and "ray start --head" in out.stdout

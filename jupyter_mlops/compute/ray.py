@@ -92,6 +92,7 @@ class RayTarget(Target):
                                ) from None
         with self._connect_lock:
             if not ray.is_initialized():
+                self._check_reachable()
                 try:
                     ray.init(address=self.address, namespace=self.namespace,
                              log_to_driver=False, logging_level="WARNING",
@@ -103,6 +104,21 @@ class RayTarget(Target):
                         f"start one with `ray start --head`, or set {ENV_RAY_ADDRESS} or "
                         "c.RayTarget.address") from None
         return ray
+
+    def _check_reachable(self) -> None:
+        """Fail in seconds when nothing listens at a ``host:port`` address (``ray.init``
+        would retry for minutes)."""
+        where = self.address.removeprefix("ray://")
+        host, _, port = where.rpartition(":")
+        if not host or not port.isdigit():
+            return  # "auto", or a form Ray resolves itself
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot reach the Ray cluster at {self.address!r} ({exc.strerror or exc}); "
+                f"start one with `ray start --head`, or set {ENV_RAY_ADDRESS} or "
+                "c.RayTarget.address") from None
 
     # -- the Target contract --------------------------------------------------------------
 

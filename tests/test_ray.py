@@ -34,10 +34,29 @@ if importlib.util.find_spec("ray") is None:
 pytestmark = pytest.mark.timeout(400)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(avoid: range = range(0)) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def _free_range(size: int = 60) -> range:
+    """``size`` consecutive ports free now (Ray's workers listen on them)."""
+    while True:
+        base = _free_port()
+        ports = range(base, base + size)
+        if ports.stop > 65000:
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return ports
 
 
 def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
@@ -62,24 +81,23 @@ def ray_cluster() -> Iterator[str]:
     token = Path(temp_dir) / "token"
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port = _free_port()
-    workers = _free_port()
+    workers = _free_range()
+    port = _free_port(workers)
     saved = {k: os.environ.get(k) for k in [*auth, "RAY_ADDRESS"]}
     os.environ.update(auth)
     if "ray" in sys.modules:  # imported earlier in this process: make it read them again
         from ray._private.authentication_test_utils import reset_auth_token_state
 
         reset_auth_token_state()
-    # Workers get their ports from a small range above a free port (the defaults would
-    # collide with other clusters on this machine); the rest are free ports too.
+    # Workers get a range of ports free now (the defaults would collide with other clusters
+    # on this machine); the other components get free ports outside it.
     start = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--include-dashboard=false", "--num-cpus", "2", "--num-gpus", "1",
          "--temp-dir", temp_dir, "--disable-usage-stats",
-         "--min-worker-port", str(min(workers, 64000)),
-         "--max-worker-port", str(min(workers, 64000) + 200),
-         "--ray-client-server-port", str(_free_port()),
-         "--dashboard-agent-listen-port", str(_free_port()),
+         "--min-worker-port", str(workers.start), "--max-worker-port", str(workers.stop - 1),
+         "--ray-client-server-port", str(_free_port(workers)),
+         "--dashboard-agent-listen-port", str(_free_port(workers)),
          "--object-store-memory", str(200 * 1024 * 1024)],
         capture_output=True, text=True, env={**os.environ}, timeout=240)
     try:
@@ -95,7 +113,7 @@ def ray_cluster() -> Iterator[str]:
             procs = _cluster_processes(temp_dir)
             for proc in procs:
                 proc.send_signal(signal.SIGTERM) if proc.is_running() else None
-            _gone, alive = psutil.wait_procs(procs, timeout=20)
+            _gone, alive = psutil.wait_procs(procs, timeout=8)
             for proc in alive:
                 proc.kill()
             psutil.wait_procs(alive, timeout=20)

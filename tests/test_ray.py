@@ -131,14 +131,24 @@ def ray_ws(ray_cluster: str, ws):
 
 
 def test_train_on_ray_runs_the_job_on_the_cluster_with_a_gpu(ray_ws, monkeypatch) -> None:
-    """ws.submit(target="ray") end to end: logs, metrics and artifacts in the store, the
-    GPU Ray placed the task on is the one the kernel sees."""
-    run = ray_ws.submit(
-        "import os, jupyter_mlops as mlops\n"
-        "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
-        "for step in range(3):\n    mlops.log('loss', 1.0 / (step + 1), step=step)\n"
-        "(mlops.outputs_dir() / 'model.txt').write_text('w')\n",
-        name="on-ray", target="ray", gpus=1, namespace={})
+    """``%%train --target ray --gpus 1`` end to end: logs, metrics and artifacts in the
+    store, and the GPU Ray placed the task on is the one the kernel sees."""
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_mlops")
+    saved = dict(shell.user_ns)
+    shell.user_ns["scale"] = 1.0  # carried to the job through the artifact store
+    try:
+        run = shell.run_cell_magic(
+            "train", "--target ray --gpus 1 --name on-ray",
+            "import os, jupyter_mlops as mlops\n"
+            "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
+            "for step in range(3):\n    mlops.log('loss', scale / (step + 1), step=step)\n"
+            "(mlops.outputs_dir() / 'model.txt').write_text('w')\n")
+    finally:
+        shell.user_ns.clear()
+        shell.user_ns.update(saved)
     assert run.wait(timeout=180).status == "completed", run.info()["error"]
     assert run.metric_history("loss")["value"].tolist() == [1.0, 0.5, 1.0 / 3]
     assert "cuda '0'" in run.logs()
@@ -162,6 +172,23 @@ def test_bad_requests_on_ray_fail_at_submission(ray_ws) -> None:
     assert ray_ws.runs() == []
 
 
+def test_an_unused_connection_is_released(ray_ws, monkeypatch) -> None:
+    """Scale to zero: this process disconnects from the cluster once unused for
+    ``JUPYTER_MLOPS_RAY_IDLE`` seconds, and connects again when next used."""
+    import ray
+
+    from jupyter_mlops.compute import get_target
+
+    monkeypatch.setenv("JUPYTER_MLOPS_RAY_IDLE", "1")
+    target = get_target("ray")
+    target.validate(0)
+    assert ray.is_initialized()
+    wait_until(lambda: not ray.is_initialized(), timeout=60, what="the idle disconnect")
+    monkeypatch.setenv("JUPYTER_MLOPS_RAY_IDLE", "300")
+    get_target("ray").validate(1)  # used again: connected again
+    assert ray.is_initialized()
+
+
 def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None:
     """Cancel stops the job on Ray; a Ray worker killed mid-run ends its run ``failed``
     (never stuck active), and the runner it started dies with it."""
@@ -177,6 +204,7 @@ def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None
     assert listing.returncode == 0, listing.stderr
     assert "target ray:" in listing.stdout and "CPU 2/2 used" in listing.stdout
     assert f"run {victim.id}" in listing.stdout and "running on" in listing.stdout
+    assert "runs hold CPU 2, GPU 0" in listing.stdout
 
     canceled.cancel()
     wait_until(lambda: canceled.status == "canceled", timeout=120, what="the cancel")

@@ -494,28 +494,9 @@ class Workspace:
         slots, the local agent when one runs, and the Ray cluster's nodes and runs when a
         cluster is configured (``RAY_ADDRESS``, ``c.RayTarget.address``) or is the default
         target. Rows: ``target, slot, held, run_id`` and, for some, ``detail``."""
-        from ..compute import default_target, get_target, local_agent_state
+        from ..compute import describe_targets
 
-        target = get_target("local")
-        rows: list[dict[str, Any]] = [
-            {"target": target.name, "slot": s.slot.name, "held": s.held, "run_id": s.run_id}
-            for s in target.slots(self.backend)]
-        agent = local_agent_state(self.backend)
-        if agent is not None:
-            rows.append({"target": target.name, "slot": "agent", "held": agent["busy"],
-                         "run_id": None, "detail": agent["detail"]})
-        if default_target() == "ray" or ray_configured():
-            rows.extend(get_target("ray").describe(self.backend))
-        return rows
-
-
-def ray_configured() -> bool:
-    """Whether a Ray cluster is named (``RAY_ADDRESS`` or ``c.RayTarget.address``): only
-    then does ``targets()`` connect to it (connecting takes seconds, or fails)."""
-    from ..store import load_file_config
-
-    return bool(os.environ.get("RAY_ADDRESS") or load_file_config().get(
-        "RayTarget", {}).get("address"))
+        return describe_targets(self.backend)
 
 
 # How many metric ids one events() call looks through: a follower far behind catches up in

@@ -36,8 +36,10 @@ __all__ = [
     "SlotState",
     "Target",
     "default_target",
+    "describe_targets",
     "get_target",
     "local_agent_state",
+    "ray_configured",
     "target_names",
 ]
 
@@ -82,6 +84,34 @@ def local_agent_state(backend: Backend) -> dict[str, Any] | None:
     state = "busy" if busy else f"idle for {idle:.0f} s, exits in {max(limit - idle, 0):.0f} s"
     return {"busy": busy, "pid": answer.get("pid"), "warm": warm,
             "detail": f"agent pid {answer.get('pid')}: {warm} warm kernel(s), {state}"}
+
+
+def ray_configured(config: Config | None = None) -> bool:
+    """Whether a Ray cluster is named (``RAY_ADDRESS`` or ``c.RayTarget.address``): only
+    then do the views of targets connect to it (connecting takes seconds, or fails)."""
+    if config is None:
+        from ..store import load_file_config
+
+        config = load_file_config()
+    return bool(os.environ.get("RAY_ADDRESS") or config.get("RayTarget", {}).get("address"))
+
+
+def describe_targets(backend: Backend) -> list[dict[str, Any]]:
+    """What ``targets`` shows: the local slots and the run holding each, this host's agent
+    when one runs (busy, or idle and when it exits), and the Ray cluster's nodes (CPUs,
+    GPUs in use) and which run runs where, when a cluster is configured or is the default
+    target. Rows: ``target, slot, held, run_id`` and, for some, ``detail``."""
+    local = get_target(LocalTarget.name)
+    rows: list[dict[str, Any]] = [
+        {"target": local.name, "slot": s.slot.name, "held": s.held, "run_id": s.run_id}
+        for s in local.slots(backend)]
+    agent = local_agent_state(backend)
+    if agent is not None:
+        rows.append({"target": local.name, "slot": "agent", "held": agent["busy"],
+                     "run_id": None, "detail": agent["detail"]})
+    if default_target() == "ray" or ray_configured():
+        rows.extend(get_target("ray").describe(backend))
+    return rows
 
 
 def target_names() -> list[str]:

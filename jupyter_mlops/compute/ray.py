@@ -44,9 +44,10 @@ from ._base import Claim, Slot, SlotState, Target
 if TYPE_CHECKING:
     from ..store import Backend
 
-__all__ = ["ENV_RAY_ADDRESS", "RayTarget"]
+__all__ = ["ENV_RAY_ADDRESS", "ENV_RAY_IDLE", "RayTarget"]
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
+ENV_RAY_IDLE = "JUPYTER_MLOPS_RAY_IDLE"  # seconds
 OWNER_PREFIX = "mlops-run-"  # owner actors are named after their run, in our namespace
 
 
@@ -75,9 +76,25 @@ class RayTarget(Target):
         "by force (its worker and the job process tree are killed).",
     )
 
+    idle_release = Float(
+        config=True,
+        help="Seconds this process stays connected to the cluster without using it before "
+        "it disconnects, releasing the workers Ray keeps for it (default: "
+        f"{ENV_RAY_IDLE} or 300). Runs hold their CPUs and GPUs only while they run.",
+    )
+
     @default("address")
     def _address_default(self) -> str:
         return os.environ.get(ENV_RAY_ADDRESS, "").strip() or "auto"
+
+    @default("idle_release")
+    def _idle_release_default(self) -> float:
+        raw = os.environ.get(ENV_RAY_IDLE, "").strip()
+        try:
+            return float(raw) if raw else 300.0
+        except ValueError:
+            raise InvalidInput(f"{ENV_RAY_IDLE} must be a number of seconds, got {raw!r}"
+                               ) from None
 
     # -- connection -----------------------------------------------------------------------
 
@@ -103,6 +120,7 @@ class RayTarget(Target):
                         f"cannot reach the Ray cluster at {self.address!r} ({first or exc!r}); "
                         f"start one with `ray start --head`, or set {ENV_RAY_ADDRESS} or "
                         "c.RayTarget.address") from None
+            _connection.touch(self.idle_release)
         return ray
 
     def _check_reachable(self) -> None:
@@ -220,9 +238,18 @@ class RayTarget(Target):
                 "run_id": None,
                 "detail": f"CPU {node['cpus'] - node['cpus_free']:g}/{node['cpus']:g} used, "
                           f"GPU {node['gpus'] - node['gpus_free']:g}/{node['gpus']:g} used"})
-        for row in backend.store.list_runs(status=ACTIVE):
-            if row["target"] != self.name:
-                continue
+        active = [r for r in backend.store.list_runs(status=ACTIVE) if r["target"] == self.name]
+        held_cpus = sum(((r["resources"] or {}).get("ray") or {}).get("cpus", 0) for r in active
+                        if r["status"] != "queued")
+        held_gpus = sum(((r["resources"] or {}).get("ray") or {}).get("gpus", 0) for r in active
+                        if r["status"] != "queued")
+        rows.append({
+            "target": self.name, "slot": "reserved", "held": bool(held_cpus or held_gpus),
+            "run_id": None,
+            "detail": f"runs hold CPU {held_cpus:g}, GPU {held_gpus:g}, each released when its "
+                      f"run ends (nothing is kept warm); this process disconnects after "
+                      f"{self.idle_release:g} s unused"})
+        for row in active:
             ray_info = (row["resources"] or {}).get("ray", {})
             gpus = (row["resources"] or {}).get("cuda_visible_devices") or ""
             where = ray_info.get("node_ip") or "waiting for Ray resources"
@@ -234,6 +261,48 @@ class RayTarget(Target):
                           + (f", worker pid {ray_info['worker_pid']}"
                              if ray_info.get("worker_pid") else "")})
         return rows
+
+
+class _Connection:
+    """This process's connection to the cluster, closed after ``idle`` seconds unused
+    (scale to zero: Ray keeps worker processes for a connected driver). A daemon thread
+    watches it; the next use connects again."""
+
+    def __init__(self) -> None:
+        self.last_use = 0.0
+        self.idle = 300.0
+        self.released = 0  # how many times it was closed for being idle
+        self._watcher: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def touch(self, idle: float) -> None:
+        with self._lock:
+            self.last_use, self.idle = time.monotonic(), idle
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="mlops-ray-idle")
+                self._watcher.start()
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_use
+
+    def _watch(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(max(min(self.idle - self.idle_for(), 5.0), 0.2))
+            with RayTarget._connect_lock, self._lock:
+                if not ray.is_initialized():
+                    self._watcher = None
+                    return
+                if self.idle_for() >= self.idle:
+                    ray.shutdown()
+                    self.released += 1
+                    self._watcher = None
+                    return
+
+
+_connection = _Connection()
 
 
 def _holders(backend: Backend | None) -> dict[str, str]:

@@ -118,15 +118,16 @@ def RegistryTable(backend: Backend, what: str, name: str | None = None) -> Frame
 
 
 def TargetsTable(backend: Backend) -> FrameTable:
-    """``%mlops targets``: every slot of the compute targets and the run holding it."""
-    from ..compute import get_target
+    """``%mlops targets``: every slot of the compute targets and the run holding it; Ray
+    nodes and runs, and the local agent's idle state, as ``describe_targets`` gives them."""
+    from ..compute import describe_targets
 
     def load() -> pd.DataFrame:
-        target = get_target("local")
         records: list[dict[str, Any]] = [
-            {"target": target.name, "slot": s.slot.name,
-             "state": "held" if s.held else "free", "run": s.run_id or ""}
-            for s in target.slots(backend)]
+            {"target": s["target"], "slot": s["slot"],
+             "state": s.get("detail") or ("held" if s["held"] else "free"),
+             "run": s["run_id"] or ""}
+            for s in describe_targets(backend)]
         return pd.DataFrame.from_records(records, columns=["target", "slot", "state", "run"])
 
     return FrameTable("targets", load, "no targets", "mlops-targets-table")

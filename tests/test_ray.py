@@ -8,6 +8,7 @@ its processes (``ray stop`` would stop every Ray cluster of the machine).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -74,23 +75,28 @@ def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A throwaway Ray head on loopback; yields its address (also set as RAY_ADDRESS)."""
-    temp_dir = tempfile.mkdtemp(prefix="mlray-", dir="/tmp")  # short: Unix socket paths
-    token = Path(temp_dir) / "token"
-    token.write_text(secrets.token_hex(32))
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    workers = _free_range()
-    port = _free_port(workers)
-    saved = {k: os.environ.get(k) for k in [*auth, "RAY_ADDRESS"]}
-    os.environ.update(auth)
-    if "ray" in sys.modules:  # imported earlier in this process: make it read them again
-        from ray._private.authentication_test_utils import reset_auth_token_state
+def _stop(temp_dir: str) -> None:
+    """Stop the cluster of ``temp_dir`` by the PIDs of its processes."""
+    procs = _cluster_processes(temp_dir)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(procs, timeout=8)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=20)
 
-        reset_auth_token_state()
+
+START_ATTEMPTS = 3
+
+
+def _start_head(temp_dir: str) -> tuple[int, str]:
+    """``ray start --head`` on loopback; (port, "") or (0, why it failed)."""
     # Workers get a range of ports free now (the defaults would collide with other clusters
     # on this machine); the other components get free ports outside it.
+    workers = _free_range()
+    port = _free_port(workers)
     start = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--include-dashboard=false", "--num-cpus", "2", "--num-gpus", "1",
@@ -100,8 +106,33 @@ def ray_cluster() -> Iterator[str]:
          "--dashboard-agent-listen-port", str(_free_port(workers)),
          "--object-store-memory", str(200 * 1024 * 1024)],
         capture_output=True, text=True, env={**os.environ}, timeout=240)
+    return (port, "") if start.returncode == 0 else (0, start.stdout + start.stderr)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A throwaway Ray head on loopback; yields its address (also set as RAY_ADDRESS)."""
+    temp_dir = tempfile.mkdtemp(prefix="mlray-", dir="/tmp")  # short: Unix socket paths
+    token = Path(temp_dir) / "token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    saved = {k: os.environ.get(k) for k in [*auth, "RAY_ADDRESS"]}
+    os.environ.update(auth)
+    if "ray" in sys.modules:  # imported earlier in this process: make it read them again
+        from ray._private.authentication_test_utils import reset_auth_token_state
+
+        reset_auth_token_state()
     try:
-        assert start.returncode == 0, start.stdout + start.stderr
+        # `ray start` gives its raylet a fixed 30 s to register, which a machine loaded by
+        # the rest of the suite can miss: a failed start is cleaned up and tried again.
+        failures = []
+        for _attempt in range(START_ATTEMPTS):
+            port, why = _start_head(temp_dir)
+            if port:
+                break
+            failures.append(why.strip().splitlines()[-1] if why.strip() else "no output")
+            _stop(temp_dir)
+        assert port, f"ray start failed {START_ATTEMPTS} times: {failures}"
         os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         yield os.environ["RAY_ADDRESS"]
     finally:
@@ -110,13 +141,7 @@ def ray_cluster() -> Iterator[str]:
 
             ray.shutdown()
         finally:
-            procs = _cluster_processes(temp_dir)
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM) if proc.is_running() else None
-            _gone, alive = psutil.wait_procs(procs, timeout=8)
-            for proc in alive:
-                proc.kill()
-            psutil.wait_procs(alive, timeout=20)
+            _stop(temp_dir)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

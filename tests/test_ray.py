@@ -224,12 +224,19 @@ def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None
     for run in (victim, canceled):
         wait_until(lambda r=run: "going" in r.logs(), timeout=180, what=f"{run.name} to start")
 
+    # Both CPUs are taken: a third run waits in Ray's queue, alive and queued.
+    waiting = ray_ws.submit("print('never')", name="waiting", target="ray", namespace={})
+
     # `targets` shows the node with its CPUs/GPU and which run runs where.
     listing = cli("targets")
     assert listing.returncode == 0, listing.stderr
     assert "target ray:" in listing.stdout and "CPU 2/2 used" in listing.stdout
     assert f"run {victim.id}" in listing.stdout and "running on" in listing.stdout
     assert "runs hold CPU 2, GPU 0" in listing.stdout
+    assert f"run {waiting.id}" in listing.stdout and "waiting for Ray resources" in listing.stdout
+    assert waiting.status == "queued"
+    waiting.cancel()  # canceled while queued: its pending task is withdrawn, it never starts
+    assert waiting.status == "canceled"
 
     canceled.cancel()
     wait_until(lambda: canceled.status == "canceled", timeout=120, what="the cancel")
@@ -247,6 +254,20 @@ def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None
     # Both CPUs are back: a new run starts at once.
     after = ray_ws.submit("print('after')", name="after", target="ray", namespace={})
     assert after.wait(timeout=180).status == "completed", after.info()["error"]
+    assert waiting.info()["started_at"] is None and "never" not in waiting.logs()
+    # Nothing stays reserved: every run's owner actor has exited.
+    import ray
+
+    def owners_gone() -> bool:
+        for run in (victim, canceled, waiting, after):
+            try:
+                ray.get_actor(f"mlops-run-{run.id}", namespace="jupyter-mlops")
+            except ValueError:
+                continue
+            return False
+        return True
+
+    wait_until(owners_gone, timeout=60, what="the runs' owner actors to exit")
 
 
 def test_sweep_and_cli_run_on_ray(ray_ws, tmp_path: Path) -> None:

@@ -110,7 +110,11 @@ def describe_targets(backend: Backend) -> list[dict[str, Any]]:
         rows.append({"target": local.name, "slot": "agent", "held": agent["busy"],
                      "run_id": None, "detail": agent["detail"]})
     if default_target() == "ray" or ray_configured():
-        rows.extend(get_target("ray").describe(backend))
+        try:
+            rows.extend(get_target("ray").describe(backend))
+        except InvalidInput as exc:  # the local part is still worth showing
+            rows.append({"target": "ray", "slot": "cluster", "held": False, "run_id": None,
+                         "detail": str(exc)})
     return rows
 
 

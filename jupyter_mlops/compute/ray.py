@@ -421,10 +421,11 @@ class RunOwner:
     def _force_cancel(self, ray: Any, row: dict[str, Any]) -> None:
         ray.cancel(self.task, force=True)
         self._kill_kernel(row)
+        request = self.backend.store.stop_request(self.run_id) or ""
         self.backend.store.set_status(
-            self.run_id, "canceled",
-            error=f"canceled: the job did not stop within {self.cancel_grace:g} s of the "
-            "request, so its Ray task was canceled by force")
+            self.run_id, "pruned" if request.startswith("pruned") else "canceled",
+            error=f"{request or 'canceled'}: the job did not stop within "
+            f"{self.cancel_grace:g} s of the request, so its Ray task was canceled by force")
 
     def _ended_without_word(self, reason: str) -> None:
         """Record ``failed`` for a job that died without writing its ending (a no-op when

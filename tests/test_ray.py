@@ -232,7 +232,7 @@ def test_cancel_and_a_killed_worker_end_ray_runs(ray_ws, tmp_path: Path) -> None
     assert listing.returncode == 0, listing.stderr
     assert "target ray:" in listing.stdout and "CPU 2/2 used" in listing.stdout
     assert f"run {victim.id}" in listing.stdout and "running on" in listing.stdout
-    assert "runs hold CPU 2, GPU 0" in listing.stdout
+    assert "runs hold CPU 2, GPU 0" in listing.stdout, listing.stdout
     assert f"run {waiting.id}" in listing.stdout and "waiting for Ray resources" in listing.stdout
     assert waiting.status == "queued"
     waiting.cancel()  # canceled while queued: its pending task is withdrawn, it never starts

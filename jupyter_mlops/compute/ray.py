@@ -161,6 +161,10 @@ class RayTarget(Target):
         if row["status"] != "queued":
             raise InvalidInput(f"run {run_id} is {row['status']}; only a queued run is submitted")
         ray = self.connect()
+        # Recorded first: the task adds where it runs to this same entry once it starts.
+        backend.store.merge_run_json(run_id, "resources", {"ray": {
+            "address": self.address, "owner": OWNER_PREFIX + run_id, "gpus": gpus,
+            "cpus": self.cpus_per_run}})
         owner = ray.remote(RunOwner).options(
             name=OWNER_PREFIX + run_id, namespace=self.namespace, lifetime="detached",
             num_cpus=0, max_concurrency=2, max_restarts=0)
@@ -169,9 +173,6 @@ class RayTarget(Target):
         handle.run.remote()  # fire and forget: the owner reports through the store
         # Beat once for the owner: the run stays alive while the actor starts.
         backend.store.update_run(run_id, heartbeat_at=time.time())
-        backend.store.merge_run_json(run_id, "resources", {"ray": {
-            "address": self.address, "owner": OWNER_PREFIX + run_id, "gpus": gpus,
-            "cpus": self.cpus_per_run}})
 
     def claim(self, backend: Backend, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
         """Ray placed the job already: its slots are the GPUs Ray made visible to it."""
@@ -252,11 +253,12 @@ class RayTarget(Target):
         for row in active:
             ray_info = (row["resources"] or {}).get("ray", {})
             gpus = (row["resources"] or {}).get("cuda_visible_devices") or ""
-            where = ray_info.get("node_ip") or "waiting for Ray resources"
+            where = (f"on {ray_info['node_ip']}" if ray_info.get("node_ip")
+                     else "waiting for Ray resources")
             rows.append({
                 "target": self.name, "slot": f"run {row['id']}", "held": True,
                 "run_id": row["id"],
-                "detail": f"{row['status']} on {where}"
+                "detail": f"{row['status']} {where}"
                           + (f", GPU {gpus}" if gpus else "")
                           + (f", worker pid {ray_info['worker_pid']}"
                              if ray_info.get("worker_pid") else "")})
@@ -346,9 +348,12 @@ def run_job(run_id: str, env: dict[str, str]) -> int:
     folder = backend.staging_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     context = ray.get_runtime_context()
+    row = backend.store.get_run_row(run_id) or {}
+    submitted = (row.get("resources") or {}).get("ray") or {}  # what submit() recorded
     backend.store.merge_run_json(run_id, "resources", {"ray": {
-        "node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-        "worker_pid": os.getpid(), "gpu_ids": gpu_ids}})
+        **submitted, "node_id": context.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(), "worker_pid": os.getpid(),
+        "gpu_ids": gpu_ids}})
     with open(folder / "runner.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "jupyter_mlops.jobs.runner", run_id], env=job_env,

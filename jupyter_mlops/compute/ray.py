@@ -172,7 +172,7 @@ class RayTarget(Target):
                               self.cancel_grace, backend.config.heartbeat_interval)
         handle.run.remote()  # fire and forget: the owner reports through the store
         # Beat once for the owner: the run stays alive while the actor starts.
-        backend.store.update_run(run_id, heartbeat_at=time.time())
+        backend.store.heartbeat(run_id)
 
     def claim(self, backend: Backend, run_id: str, gpus: int, poll: float = 0.2) -> Claim:
         """Ray placed the job already: its slots are the GPUs Ray made visible to it."""

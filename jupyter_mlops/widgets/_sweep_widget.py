@@ -554,8 +554,9 @@ class SweepWidget(LiveView, w.VBox):
                      *[_static.fmt(row["params"].get(n)) for n in names]]
             style = " style='background:#fff8e1'" if star else ""
             body.append(f"<tr{style}>" + "".join(f"<td style='{td}'>{c}</td>" for c in cells)
-                        + f"<td style='{td};font-size:90%;max-width:34em;overflow:hidden;"
-                          f"text-overflow:ellipsis' title='{html.escape(reason)}'>"
+                        + f"<td style='padding:2px 10px;text-align:left;font-size:90%;"
+                          f"white-space:normal;min-width:16em;max-width:34em' "
+                          f"title='{html.escape(reason)}'>"
                           f"{html.escape(reason)}</td></tr>")
         return (f"<table style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>" if body else "<i>no trials yet</i>")
@@ -596,7 +597,7 @@ class SweepWidget(LiveView, w.VBox):
                f"by parameter' src='data:image/png;base64,{base64.b64encode(image).decode()}'/>"
                if image else "")
         return (f"<div class='mlops-sweep-static'>{self.header_html(counts)}"
-                f"{self.leaderboard_html()}{img}</div>")
+                f"<div style='overflow-x:auto'>{self.leaderboard_html()}</div>{img}</div>")
 
     def static_text(self) -> str:
         from ..sweeps import summary_lines

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 import jupyter_mlops as mlops
@@ -29,9 +30,6 @@ from jupyter_mlops.errors import WorkspaceError
 from .conftest import cli, wait_until
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
-
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("s3fs")
 
 BUCKET = "mlops-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
@@ -152,12 +150,14 @@ def test_a_job_takes_its_inputs_from_s3_and_leaves_its_results_there(s3_ws) -> N
     code = ("import jupyter_mlops as mlops\n"
             "rows = (mlops.dataset('pets') / 'cats.csv').read_text().split()\n"
             "mlops.log('acc', scale(factor))\n"
-            "(mlops.outputs_dir() / 'model.txt').write_text(f'factor={factor} rows={rows}')\n")
+            "(mlops.outputs_dir() / 'model.txt').write_text(f'factor={factor} rows={rows}')\n"
+            "answer = {'rows': len(rows)}\n")
     run = ws.submit(code, params={"factor": 3}, name="job", experiment="s3",
-                    namespace={"scale": scale}, datasets=["pets"])
+                    namespace={"scale": scale}, datasets=["pets"], outputs=["answer"])
     run.wait(timeout=240)
     assert run.status == "completed", run.logs()
     assert run.metrics()["acc"] == 0.75
+    assert run.outputs("answer") == {"answer": {"rows": 2}}  # %%train --outputs, from S3
     assert [d.ref for d in run.inputs()] == [pets.ref]
     keys = s3_keys(s3_ws["endpoint"], f"{prefix}/runs/{run.id}/")
     for rel in ("job/spec.json", "job/input.ipynb", "job/carried/scale.pkl",
@@ -252,3 +252,42 @@ def test_a_missing_bucket_is_one_clear_error_naming_the_url(s3_ws, monkeypatch) 
     monkeypatch.setenv("JUPYTER_MLOPS_ARTIFACT_OPTIONS", "[not json")
     with pytest.raises(WorkspaceError, match="JUPYTER_MLOPS_ARTIFACT_OPTIONS"):
         mlops.workspace()
+
+
+def test_an_unreachable_endpoint_is_one_clear_error_for_every_operation(s3_ws) -> None:
+    from jupyter_mlops.store import ArtifactStore
+
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    options = {"endpoint_url": closed, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    url = f"s3://{BUCKET}/{s3_ws['prefix']}"
+    store = ArtifactStore(url, options)
+    for operation in (store.check, lambda: store.open("r1", "outputs/a.txt"),
+                      lambda: store.put_bytes("r1", "outputs/a.txt", b"x"),
+                      lambda: store.exists("r1", "outputs/a.txt")):
+        with pytest.raises(WorkspaceError) as caught:
+            operation()
+        assert url in str(caught.value) and "\n" not in str(caught.value)
+    result = cli("runs", "ls", env={"JUPYTER_MLOPS_ARTIFACT_URL": url,
+                                    "JUPYTER_MLOPS_ARTIFACT_OPTIONS": json.dumps(options)})
+    assert result.returncode == 2 and "cannot be reached" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_write_that_fails_midway_leaves_no_object(s3_ws) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError("the source went away")
+            return b"x" * size
+
+    store, prefix = s3_ws["ws"].artifacts, s3_ws["prefix"]
+    with pytest.raises(OSError, match="source went away"):
+        store.put_stream("r1", "outputs/half.bin", Broken())
+    assert s3_keys(s3_ws["endpoint"], f"{prefix}/runs/r1/") == []
+    store.put_bytes("r1", "outputs/whole.bin", b"y" * 10)
+    assert s3_keys(s3_ws["endpoint"], f"{prefix}/runs/r1/") == [
+        f"{prefix}/runs/r1/outputs/whole.bin"]

@@ -135,20 +135,24 @@ class ArtifactStore:
         """Copy ``source`` to the artifact; returns (size, sha256). Memory stays O(chunk)."""
         dest = self._path(run_id, relpath)
         digest = hashlib.sha256()
-        with self._remote(f"writing {relpath!r} of run {run_id}", writing=True):
-            if self.is_local:
-                size = self._put_renamed(dest, source, digest)
-            else:
-                size = self._put_object(dest, source, digest)
+        if self.is_local:
+            size = self._put_renamed(dest, source, digest)
+        else:
+            size = self._put_object(dest, source, digest,
+                                    f"writing {relpath!r} of run {run_id}")
         return size, digest.hexdigest()
 
     def _put_renamed(self, dest: str, source: BinaryIO, digest: Any) -> int:
         """A folder: write a temporary name, then rename it into place."""
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
         self.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        size = 0
         try:
             with self.fs.open(tmp, "wb") as out:
-                size = _copy(source, out, digest)
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
             self.fs.mv(tmp, dest)
         except BaseException:
             if self.fs.exists(tmp):
@@ -156,18 +160,26 @@ class ArtifactStore:
             raise
         return size
 
-    def _put_object(self, dest: str, source: BinaryIO, digest: Any) -> int:
+    def _put_object(self, dest: str, source: BinaryIO, digest: Any, doing: str) -> int:
         """An object store: no rename there (a move is a copy and a delete), and an object
         appears only when its upload is completed at close; on an error the upload is
-        discarded instead, so nothing partial is ever visible."""
-        out = self.fs.open(dest, "wb")
+        discarded instead, so nothing partial is ever visible. Errors of the source are
+        the caller's; only the store's own are reported as the store's."""
+        with self._remote(doing, writing=True):
+            out = self.fs.open(dest, "wb")
+        size = 0
         try:
-            size = _copy(source, out, digest)
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                with self._remote(doing, writing=True):
+                    out.write(chunk)
+                size += len(chunk)
         except BaseException:
             out.discard()
             out.closed = True  # closing would complete the upload
             raise
-        out.close()
+        with self._remote(doing, writing=True):
+            out.close()
         return size
 
     def put_file(self, run_id: str, relpath: str, local: str | os.PathLike[str]) -> tuple[int, str]:
@@ -228,15 +240,6 @@ class ArtifactStore:
                 out.write(chunk)
         os.replace(tmp, dest)
         return dest
-
-
-def _copy(source: BinaryIO, out: Any, digest: Any) -> int:
-    size = 0
-    while chunk := source.read(CHUNK):
-        digest.update(chunk)
-        out.write(chunk)
-        size += len(chunk)
-    return size
 
 
 def _reason(exc: BaseException) -> str:

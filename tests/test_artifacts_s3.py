@@ -186,6 +186,38 @@ def test_a_job_takes_its_inputs_from_s3_and_leaves_its_results_there(s3_ws) -> N
         node.store.close()
 
 
+def test_a_sweeps_trials_share_carried_names_stored_once_in_s3(s3_ws) -> None:
+    from jupyter_mlops.jobs._spec import JobSpec, fetch_inputs
+    from jupyter_mlops.store import Backend, WorkspaceLocation
+
+    ws, prefix = s3_ws["ws"], s3_ws["prefix"]
+
+    def offset():  # carried to the trials, stored once for the sweep
+        return 1.0
+
+    sweep = ws.sweep("import jupyter_mlops as mlops\nmlops.log('score', x + offset())\n",
+                     params={"x": "choice(1, 2)"}, metric="score", goal="max",
+                     sampler="grid", trials=2, concurrency=2, namespace={"offset": offset})
+    sweep.wait(timeout=300)
+    trials = sweep.trials()
+    assert sorted(run.metrics()["score"] for run in trials) == [2.0, 3.0]
+    keys = s3_keys(s3_ws["endpoint"], prefix)
+    assert f"{prefix}/sweeps/{sweep.id}/carried/offset.pkl" in keys
+    assert f"{prefix}/sweeps/{sweep.id}/base.ipynb" in keys
+    assert not [k for k in keys if "/job/carried/" in k]  # one copy, not one per trial
+
+    # A trial's inputs as another node fetches them: from the sweep's files in S3.
+    here = ws.location
+    node = Backend(WorkspaceLocation(s3_ws["tmp"] / "other-node", here.database_url,
+                                     here.artifact_url, here.artifact_options), ws.config)
+    try:
+        spec = JobSpec.load(node, trials[0].id)
+        assert spec.carried == ["offset"] and spec.carried_sweep == sweep.id
+        assert (fetch_inputs(node, spec) / "carried" / "offset.pkl").stat().st_size > 0
+    finally:
+        node.store.close()
+
+
 def test_a_model_registered_from_s3_downloads_and_serves(s3_ws) -> None:
     ws, tmp = s3_ws["ws"], s3_ws["tmp"]
     with mlops.start_run("train", experiment="s3") as run:

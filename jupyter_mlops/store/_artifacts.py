@@ -68,8 +68,12 @@ class ArtifactStoreUnavailable(WorkspaceError):
     """The artifact URL cannot be used: unknown scheme, unreachable endpoint, missing bucket."""
 
 
+AREAS = ("runs", "sweeps")  # files of a run; inputs a sweep's trials share
+
+
 class ArtifactStore:
-    """Files of runs under ``<root>/runs/<run_id>/<path>``.
+    """Files of runs under ``<root>/runs/<run_id>/<path>`` (and the inputs a sweep's trials
+    share, under ``<root>/sweeps/<sweep_id>/<path>``: pass ``area="sweeps"``).
 
     ``url`` is any fsspec URL (a local folder, ``s3://bucket/prefix``...) and ``options``
     its storage options (``WorkspaceConfig.artifact_options``). Every process that opens the
@@ -128,12 +132,15 @@ class ArtifactStore:
                 f"{doing} in the artifact store {shown_url(self.url)} failed ({_reason(exc)}); "
                 "check that it is reachable and the credentials allow it") from None
 
-    def _path(self, run_id: str, relpath: str) -> str:
-        return posixpath.join(self.root, "runs", run_id, clean_relpath(relpath))
+    def _path(self, run_id: str, relpath: str, area: str = "runs") -> str:
+        if area not in AREAS:
+            raise InvalidInput(f"artifact area {area!r} is not one of {', '.join(AREAS)}")
+        return posixpath.join(self.root, area, clean_relpath(run_id), clean_relpath(relpath))
 
-    def put_stream(self, run_id: str, relpath: str, source: BinaryIO) -> tuple[int, str]:
+    def put_stream(self, run_id: str, relpath: str, source: BinaryIO, area: str = "runs"
+                   ) -> tuple[int, str]:
         """Copy ``source`` to the artifact; returns (size, sha256). Memory stays O(chunk)."""
-        dest = self._path(run_id, relpath)
+        dest = self._path(run_id, relpath, area)
         digest = hashlib.sha256()
         if self.is_local:
             size = self._put_renamed(dest, source, digest)
@@ -182,21 +189,23 @@ class ArtifactStore:
             out.close()
         return size
 
-    def put_file(self, run_id: str, relpath: str, local: str | os.PathLike[str]) -> tuple[int, str]:
+    def put_file(self, run_id: str, relpath: str, local: str | os.PathLike[str],
+                 area: str = "runs") -> tuple[int, str]:
         with open(local, "rb") as source:
-            return self.put_stream(run_id, relpath, source)
+            return self.put_stream(run_id, relpath, source, area)
 
-    def put_bytes(self, run_id: str, relpath: str, data: bytes) -> tuple[int, str]:
+    def put_bytes(self, run_id: str, relpath: str, data: bytes, area: str = "runs"
+                  ) -> tuple[int, str]:
         import io
 
-        return self.put_stream(run_id, relpath, io.BytesIO(data))
+        return self.put_stream(run_id, relpath, io.BytesIO(data), area)
 
-    def exists(self, run_id: str, relpath: str) -> bool:
+    def exists(self, run_id: str, relpath: str, area: str = "runs") -> bool:
         with self._remote(f"looking for {relpath!r} of run {run_id}"):
-            return bool(self.fs.exists(self._path(run_id, relpath)))
+            return bool(self.fs.exists(self._path(run_id, relpath, area)))
 
-    def open(self, run_id: str, relpath: str) -> BinaryIO:
-        path = self._path(run_id, relpath)
+    def open(self, run_id: str, relpath: str, area: str = "runs") -> BinaryIO:
+        path = self._path(run_id, relpath, area)
         with self._remote(f"reading {relpath!r} of run {run_id}"):
             try:
                 return self.fs.open(path, "rb")
@@ -228,17 +237,22 @@ class ArtifactStore:
             raise InvalidInput(f"artifact {relpath!r} of run {run_id} is not a file")
         return handle, os.fstat(fd).st_size
 
-    def download(self, run_id: str, relpath: str, dest: str | os.PathLike[str]) -> Path:
+    def download(self, run_id: str, relpath: str, dest: str | os.PathLike[str],
+                 area: str = "runs") -> Path:
         """Copy one artifact to ``dest`` (a file path, or a directory to put it in)."""
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / posixpath.basename(clean_relpath(relpath))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with self.open(run_id, relpath) as source, open(tmp, "wb") as out:
-            while chunk := source.read(CHUNK):
-                out.write(chunk)
-        os.replace(tmp, dest)
+        try:
+            with self.open(run_id, relpath, area) as source, open(tmp, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return dest
 
 

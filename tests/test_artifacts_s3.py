@@ -323,3 +323,19 @@ def test_a_write_that_fails_midway_leaves_no_object(s3_ws) -> None:
     store.put_bytes("r1", "outputs/whole.bin", b"y" * 10)
     assert s3_keys(s3_ws["endpoint"], f"{prefix}/runs/r1/") == [
         f"{prefix}/runs/r1/outputs/whole.bin"]
+
+
+def test_the_location_travels_whole_to_a_process_started_elsewhere(s3_ws, monkeypatch) -> None:
+    """What a job or scoring server gets (``to_env``) opens the same store, without the
+    configuration file of the submitter's folder."""
+    from jupyter_mlops.store import ArtifactStore, resolve_location
+
+    here = s3_ws["ws"].location
+    for name, value in here.to_env().items():
+        monkeypatch.setenv(name, value)
+    elsewhere = s3_ws["tmp"] / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve_location() == here
+    assert here.storage_options == {"endpoint_url": s3_ws["endpoint"]}
+    ArtifactStore("memory://scratch/ws").check()  # a store without buckets: made on write

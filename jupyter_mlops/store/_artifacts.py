@@ -106,6 +106,9 @@ class ArtifactStore:
             return
         top = self.root.split("/", 1)[0]  # the bucket (or container) of object stores
         try:
+            if not top:  # a path-based store (sftp://host/..., memory://): made on first write
+                self.fs.exists(self.root)
+                return
             self.fs.info(top)  # one HEAD of the bucket
         except FileNotFoundError:
             raise ArtifactStoreUnavailable(

@@ -27,8 +27,10 @@ class Backend:
     def __init__(self, location: WorkspaceLocation, config: WorkspaceConfig | None = None):
         self.location = location
         self.config = config if config is not None else load_config()
+        # The artifact store first: an unreachable one fails before the database is opened.
+        self.artifacts = ArtifactStore(location.artifact_url, location.storage_options)
+        self.artifacts.check()
         self.store = Store(location, self.config)
-        self.artifacts = ArtifactStore(location.artifact_url)
         self.endpoints = EndpointStore(self.store)
 
     @classmethod

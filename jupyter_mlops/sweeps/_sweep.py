@@ -58,6 +58,9 @@ class SweepSpec:
     # that job only waits for the sweep, so its trials run on its slots, as a %%train child's
     # do, instead of queueing behind them (with one slot that would never end).
     parent_resources: dict[str, Any] | None = None
+    # Names the code reads from the notebook, stored once in the artifact store for all the
+    # trials (``carried/<name>.pkl`` of the sweep), beside its ``base.ipynb``.
+    carried: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         space = parse_space(self.space)
@@ -146,6 +149,7 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
         nbformat.write(notebook, folder / "base.ipynb")
         if carried_from is not None and carried_from.is_dir():
             shutil.copytree(carried_from, folder / "carried", copy_function=link_or_copy)
+        store_sweep_inputs(backend, sweep_id, folder, spec)
         backend.store.create_sweep(sweep_id, name or f"sweep-{sweep_id[2:8]}", experiment,
                                    asdict(spec))
     except BaseException as exc:
@@ -156,6 +160,26 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
     if start:
         start_controller(backend, sweep_id)
     return sweep_id
+
+
+def store_sweep_inputs(backend: Backend, sweep_id: str, folder: Path, spec: SweepSpec) -> None:
+    """Keep the sweep's base notebook and carried names in the artifact store, so that its
+    controller, restarted on another machine, and trials on any node find them there."""
+    spec.carried = sorted(p.stem for p in (folder / "carried").glob("*.pkl"))
+    files = [folder / "base.ipynb", *(folder / "carried" / f"{n}.pkl" for n in spec.carried)]
+    for path in files:
+        backend.artifacts.put_file(sweep_id, path.relative_to(folder).as_posix(), path,
+                                   area="sweeps")
+
+
+def fetch_sweep_inputs(backend: Backend, sweep_id: str, spec: SweepSpec) -> Path:
+    """The sweep's local folder with its base notebook and carried names, fetched from the
+    artifact store unless they are already here (the machine that created the sweep)."""
+    folder = sweep_dir(backend, sweep_id)
+    for rel in ("base.ipynb", *(f"carried/{n}.pkl" for n in spec.carried)):
+        if not (folder / rel).exists():
+            backend.artifacts.download(sweep_id, rel, folder / rel, area="sweeps")
+    return folder
 
 
 def link_or_copy(src: str, dst: str) -> None:

@@ -798,7 +798,14 @@ def _shown_url(url: str) -> str:
 
 def _server_error(where: str, code: str, detail: str) -> WorkspaceError | None:
     """The one line for a PostgreSQL server failure, by its SQLSTATE (None: not one)."""
-    if code.startswith("08") or (not code and "connection" in detail.lower()):
+    text = detail.lower()
+    if not code:  # a failed connection carries no SQLSTATE: the server said why in words
+        if "database" in text and "does not exist" in text:
+            code = "3D000"
+        elif "authentication failed" in text or ("role" in text and "does not exist" in text) \
+                or "pg_hba.conf" in text:
+            code = "28000"
+    if code.startswith("08") or (not code and "connection" in text):
         return WorkspaceUnreachable(
             f"cannot reach the workspace database server {where} ({detail}); check that the "
             "server runs and the host and port of JUPYTER_MLOPS_DATABASE_URL are right")

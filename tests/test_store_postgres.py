@@ -56,7 +56,7 @@ def test_missing_database_and_missing_rights_are_clear(postgres: PostgresCluster
     missing = resolve_location(config=WorkspaceConfig())
     missing = missing.__class__(missing.directory, postgres.url("no_such_db"),
                                 missing.artifact_url)
-    with pytest.raises(WorkspaceError, match="does not exist.*createdb"):
+    with pytest.raises(WorkspaceError, match=r"does not exist.*createdb"):
         Store(missing)
     Store(resolve_location(config=WorkspaceConfig())).close()  # migrated by its owner
     admin = sa.create_engine(postgres.url())

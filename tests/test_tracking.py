@@ -34,7 +34,6 @@ def test_nan_and_infinities_round_trip(any_ws) -> None:
 
 
 def test_steps_auto_increment_per_key_and_follow_explicit_steps(any_ws) -> None:
-    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("steps") as run:
         mlops.log("a", 1.0)
         mlops.log("a", 2.0)
@@ -111,7 +110,6 @@ def test_outside_a_run_is_a_clear_error(ws) -> None:
 
 
 def test_params_images_and_outputs(any_ws, tmp_path) -> None:
-    ws = any_ws  # on SQLite and PostgreSQL
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,15 +141,13 @@ def test_params_images_and_outputs(any_ws, tmp_path) -> None:
 
 
 def test_nested_runs_record_their_parent(any_ws) -> None:
-    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("outer") as outer, mlops.start_run("inner") as inner:
         mlops.log("x", 1.0)
     assert inner.info()["parent_id"] == outer.id
     assert outer.metrics() == {} and inner.metrics() == {"x": 1.0}
 
 
-def test_should_stop_folloany_ws_cancel_requests(ws) -> None:
-    ws = any_ws  # on SQLite and PostgreSQL
+def test_should_stop_follows_cancel_requests(any_ws) -> None:
     with mlops.start_run("stoppable") as run:
         assert mlops.should_stop() is False
         run.cancel()

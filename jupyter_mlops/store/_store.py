@@ -591,6 +591,8 @@ class Store:
         with self.write() as conn:
             if self.engine.dialect.name == "sqlite":
                 _insert_metrics_sqlite(conn, run_id, rows)
+            elif self.is_postgres:
+                _copy_metrics_postgres(conn, run_id, rows)
             else:
                 conn.execute(
                     t.metrics.insert(),
@@ -934,6 +936,23 @@ def _insert_metrics_sqlite(conn: Connection, run_id: str, rows: Sequence[MetricR
             _INSERT_METRIC_ONE,
             [(run_id, *flat[i : i + 4]) for i in range(4 * full, len(flat), 4)],
         )
+
+
+def _copy_metrics_postgres(conn: Connection, run_id: str, rows: Sequence[MetricRow]) -> None:
+    """Insert metric points on PostgreSQL with ``COPY ... FROM STDIN`` in the caller's
+    transaction: several times an ``executemany`` of INSERTs. float8 keeps -0.0 itself (no
+    ``negative_zero`` flag); NaN is stored as NULL, as on SQLite."""
+    sql = f"COPY {t.metrics.name} (run_id, key, step, value, wall_time) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(sql) as copy:
+            for key, step, value, wall in rows:
+                copy.write_row((run_id, key, step, None if value != value else value, wall))
+    except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        # As SQLAlchemy wraps the driver's errors (DataError for a step out of range...).
+        raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.dbapi.Error) from None
+    finally:
+        cursor.close()
 
 
 def _escape_like(text: str) -> str:

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from itertools import count
@@ -124,20 +123,3 @@ def running_cluster() -> Iterator[PostgresCluster]:
     finally:
         cluster.stop()
 
-
-def wait_for_connections(url: str, timeout: float = 60) -> None:
-    """Wait until the server accepts connections (a started server may still be recovering)."""
-    import sqlalchemy as sa
-
-    deadline = time.monotonic() + timeout
-    while True:
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect():
-                return
-        except sa.exc.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-        finally:
-            engine.dispose()

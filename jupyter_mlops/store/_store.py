@@ -161,7 +161,7 @@ class Store:
         """The current time as a value to write: on PostgreSQL the database's clock (an SQL
         expression evaluated by the server), elsewhere this host's ``time.time()``."""
         if self.is_postgres:
-            return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
         return time.time()
 
     def clock(self) -> float:

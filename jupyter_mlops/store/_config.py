@@ -62,7 +62,8 @@ class WorkspaceConfig(Configurable):
     )
     busy_timeout = Float(
         10.0, config=True,
-        help="Seconds a SQLite writer waits for the lock before failing. Must stay under "
+        help="Seconds a writer waits for a lock before failing (SQLite's busy timeout, "
+        "PostgreSQL's lock_timeout). Must stay under "
         "lost_after - heartbeat_interval, so that a job waiting on a lock is never taken "
         "for lost.",
     )

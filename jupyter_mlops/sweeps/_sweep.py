@@ -207,7 +207,8 @@ def sweep_row(backend: Backend, sweep_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no sweep with id {sweep_id!r}")
     return as_read(row, backend.config.lost_after,
-                   reread=lambda: backend.store.get_sweep_row(sweep_id))
+                   reread=lambda: backend.store.get_sweep_row(sweep_id),
+                   now=backend.store.clock())
 
 
 def trial_rows(backend: Backend, sweep_id: str, spec: SweepSpec | None = None
@@ -219,7 +220,8 @@ def trial_rows(backend: Backend, sweep_id: str, spec: SweepSpec | None = None
     """
     spec = spec or SweepSpec(**sweep_row(backend, sweep_id)["spec"])
     store = backend.store
-    rows = [backend.as_read(row) for row in store.sweep_trials(sweep_id)]
+    now = store.clock()
+    rows = [backend.as_read(row, now) for row in store.sweep_trials(sweep_id)]
     summaries = store.metric_summaries([row["id"] for row in rows], spec.metric)
     maximize = spec.goal == "maximize"
     found = []

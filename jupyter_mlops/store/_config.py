@@ -158,15 +158,15 @@ def find_workspace_dir(start: Path | None = None) -> Path:
 CONFIG_FILES = ("jupyter_server_config", "jupyter_mlops_config")  # later files win
 
 
-def load_file_config() -> Config:
-    """The traitlets configuration of Jupyter's config path and the current folder:
-    ``jupyter_server_config.py``/``.json`` (what the server extension reads), then
-    ``jupyter_mlops_config.py``/``.json``; nearer folders and later files win."""
+def load_file_config(here: str | os.PathLike[str] | None = None) -> Config:
+    """The traitlets configuration of Jupyter's config path and of ``here`` (default: the
+    current folder): ``jupyter_server_config.py``/``.json`` (what the server extension
+    reads), then ``jupyter_mlops_config.py``/``.json``; nearer folders and later files win."""
     from jupyter_core.paths import jupyter_config_path
     from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
     config = Config()
-    for folder in reversed([os.getcwd(), *jupyter_config_path()]):
+    for folder in reversed([os.fspath(here) if here else os.getcwd(), *jupyter_config_path()]):
         for stem in CONFIG_FILES:
             for suffix, loader in ((".json", JSONFileConfigLoader), (".py", PyFileConfigLoader)):
                 path = Path(folder) / (stem + suffix)

@@ -23,6 +23,7 @@ from .errors import (
     WorkspaceError,
     WorkspaceFull,
     WorkspaceReadOnly,
+    WorkspaceUnreachable,
 )
 from .serving._entry import model_dir
 
@@ -56,6 +57,7 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceFull",
     "WorkspaceReadOnly",
+    "WorkspaceUnreachable",
     "__version__",
     "current_run",
     "dataset",

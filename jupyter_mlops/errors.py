@@ -18,6 +18,7 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceFull",
     "WorkspaceReadOnly",
+    "WorkspaceUnreachable",
 ]
 
 
@@ -55,6 +56,10 @@ class WorkspaceFull(WorkspaceError):
 
 class WorkspaceBusy(WorkspaceError):
     """Another process held the database lock for longer than ``busy_timeout``."""
+
+
+class WorkspaceUnreachable(WorkspaceError):
+    """The workspace's database server cannot be reached (down, wrong host or port)."""
 
 
 class SchemaTooNew(WorkspaceError):

@@ -15,6 +15,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 import jupyter_mlops.tracking as tracking
 from jupyter_mlops.api import _workspace
 
+from ._postgres import PostgresCluster, running_cluster
+
 HERE = Path(__file__).parent
 
 
@@ -41,6 +43,32 @@ def ws_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 @pytest.fixture
 def ws(ws_dir: Path):
+    import jupyter_mlops as mlops
+
+    return mlops.workspace()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster on loopback for the whole session (tests/_postgres.py)."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_name(request: pytest.FixtureRequest, ws_dir: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs twice: on the default SQLite workspace, and with
+    JUPYTER_MLOPS_DATABASE_URL naming a fresh database of the throwaway PostgreSQL cluster."""
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("postgres")
+        monkeypatch.setenv("JUPYTER_MLOPS_DATABASE_URL", cluster.new_database())
+    return request.param
+
+
+@pytest.fixture
+def any_ws(backend_name: str):
+    """``ws`` on SQLite and on PostgreSQL (see ``backend_name``)."""
     import jupyter_mlops as mlops
 
     return mlops.workspace()

@@ -33,7 +33,8 @@ def _points(ws, run_id: str, key: str) -> list[tuple[int, float]]:
 # -- points are never lost silently ---------------------------------------------------------
 
 
-def test_automatic_step_past_int64_is_refused_at_the_call_and_nothing_else_is_lost(ws) -> None:
+def test_automatic_step_past_int64_is_refused_at_the_call_and_nothing_else_is_lost(any_ws) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("x") as run:
         mlops.log("a", 1.0, step=2**63 - 1)
         with pytest.raises(InvalidInput, match="64-bit limit"):
@@ -46,7 +47,8 @@ def test_automatic_step_past_int64_is_refused_at_the_call_and_nothing_else_is_lo
 
 
 def test_a_point_the_database_refuses_is_dropped_alone_and_the_run_does_not_complete(
-        ws, capfd: pytest.CaptureFixture[str]) -> None:
+        any_ws, capfd: pytest.CaptureFixture[str]) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("bad-point") as run:
         for i in range(3):
             mlops.log("b", float(i))
@@ -63,7 +65,8 @@ def test_a_point_the_database_refuses_is_dropped_alone_and_the_run_does_not_comp
     assert f"'a' step {2**64}" in capfd.readouterr().err
 
 
-def test_metric_values_round_trip_bit_exactly(ws) -> None:
+def test_metric_values_round_trip_bit_exactly(any_ws) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     values = [-0.0, 0.0, math.inf, -math.inf, 5e-324, -1.7976931348623157e308, 0.1]
     with mlops.start_run("exact") as run:
         for value in values:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,9 @@ REGISTRY_TABLES = ("models", "model_versions", "model_files", "model_aliases", "
 def state(ws) -> tuple:
     """Rows of every registry table and every file under the registry's storage folders:
     what must not change when an input is refused."""
-    db = sqlite3.connect(ws.location.directory / "mlops.db")
-    try:
-        counts = tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+    with ws.store.read() as conn:  # SQLite or PostgreSQL alike
+        counts = tuple(conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
                        for t in REGISTRY_TABLES)
-    finally:
-        db.close()
     root = Path(ws.artifacts.root)
     files = sorted(str(p.relative_to(root)) for area in ("models", "datasets")
                    for p in (root / area).rglob("*") if (root / area).exists())
@@ -45,7 +41,8 @@ def make_model(folder: Path, weights: bytes = b"w" * 1000, config: str = "{}") -
 # -- models ---------------------------------------------------------------------------------
 
 
-def test_register_versions_are_numbered_immutable_and_content_hashed(ws, tmp_path) -> None:
+def test_register_versions_are_numbered_immutable_and_content_hashed(any_ws, tmp_path) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     src = make_model(tmp_path / "model")
     v1 = ws.models.register("mnist", src, tags={"framework": "numpy"}, description="first")
     assert (v1.name, v1.version, v1.kind, v1.file_count, v1.size) == ("mnist", 1, "folder", 2, 1002)
@@ -82,7 +79,8 @@ def test_register_versions_are_numbered_immutable_and_content_hashed(ws, tmp_pat
     assert single.download(f"{tmp_path}/new/") == tmp_path / "new" / "weights.bin"
 
 
-def test_get_list_tags_and_aliases(ws, tmp_path) -> None:
+def test_get_list_tags_and_aliases(any_ws, tmp_path) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     src = make_model(tmp_path / "m")
     for i in range(3):
         (src / "weights.bin").write_bytes(bytes([i]) * 10)
@@ -135,8 +133,9 @@ def test_register_from_a_run_during_and_after_it(ws, tmp_path) -> None:
 
 
 def test_delete_is_explicit_refused_while_served_and_never_reuses_a_number(
-    ws, tmp_path, monkeypatch
+    any_ws, tmp_path, monkeypatch
 ) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     from jupyter_mlops.registry import _models
 
     src = make_model(tmp_path / "m")
@@ -259,7 +258,8 @@ def test_registry_on_an_object_store_artifact_url(ws_dir, tmp_path, monkeypatch)
 PETS = "name,age,weight,kind\nrex,3,12.5,dog\ntom,5,,cat\nbo,1,3.25,dog\n"
 
 
-def test_dataset_versions_follow_content_and_profile_csv(ws, tmp_path) -> None:
+def test_dataset_versions_follow_content_and_profile_csv(any_ws, tmp_path) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     csv = tmp_path / "pets.csv"
     csv.write_text(PETS)
     v1 = ws.datasets.register("pets", csv, description="three pets", tags={"src": "survey"})
@@ -461,7 +461,8 @@ def test_lineage_of_a_model_made_by_a_sweep_trial_that_read_a_dataset(ws, tmp_pa
         ws.lineage()
 
 
-def test_environment_and_runs_diff(ws, tmp_path) -> None:
+def test_environment_and_runs_diff(any_ws, tmp_path) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("a", params={"lr": 0.1, "epochs": 3}) as a:
         mlops.log("acc", 0.8)
     with mlops.start_run("b", params={"lr": 0.2, "epochs": 3, "seed": 1}) as b:

@@ -362,3 +362,26 @@ async def test_metrics_downsampled_keep_extremes(ws, api) -> None:
     ws.store.log_metrics(run_id, [("loss", 100_000, 5e6, now)])  # read incrementally
     code, body = await api(f"runs/{run_id}/metrics", params={"max_points": "500"})
     assert body["metrics"]["loss"]["points"] == 100_001 and 5e6 in body["metrics"]["loss"]["value"]
+
+
+async def test_the_server_reads_jupyter_mlops_config_of_its_root_folder(
+        ws_dir, api, raw, jp_auth_header, jp_root_dir: Path, tmp_path: Path) -> None:
+    """A notebook in the server's root folder and the sidebar must see one workspace: the
+    server reads the ``jupyter_mlops_config.py`` there (here: artifacts kept elsewhere)."""
+    import jupyter_mlops as mlops
+    from jupyter_mlops.store import WorkspaceConfig
+
+    elsewhere = tmp_path / "artifacts-elsewhere"
+    (jp_root_dir / "jupyter_mlops_config.py").write_text(
+        f"c.WorkspaceConfig.artifact_url = {str(elsewhere)!r}\n")
+    notebook_side = mlops.workspace(config=WorkspaceConfig(artifact_url=str(elsewhere)))
+    run_id = new_run_id()
+    notebook_side.store.create_run(run_id, "kept-elsewhere", "e", status="completed")
+    notebook_side.artifacts.put_bytes(run_id, "outputs/model.txt", b"weights")
+    assert (elsewhere / "runs" / run_id / "outputs" / "model.txt").is_file()
+
+    notebook_side.store.record_artifact(run_id, "outputs/model.txt", 7, "0" * 64)
+
+    response = await raw(f"mlops/api/runs/{run_id}/artifacts/outputs/model.txt",
+                         headers=dict(jp_auth_header))
+    assert response.code == 200 and response.body == b"weights"

@@ -80,7 +80,7 @@ def test_a_state_dict_is_built_from_the_class_its_tag_names(ws, tmp_path: Path,
     torch.save(net.state_dict(), path)
 
     ws.models.register("tiny-untagged", path)
-    with pytest.raises(EndpointFailed, match="torch_class=package.module:ClassName"):
+    with pytest.raises(EndpointFailed, match=r"torch_class=package\.module:ClassName"):
         ws.deploy("tiny-untagged", name="untagged")
     assert ws.get_endpoint("untagged").status == "failed"
 

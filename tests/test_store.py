@@ -1,4 +1,8 @@
-"""The workspace store: location, migrations, schema guard, SQLite settings, artifacts."""
+"""The workspace store: location, migrations, schema guard, SQLite settings, artifacts.
+
+Tests taking ``any_ws`` (or ``backend_name``) run on SQLite and on a throwaway PostgreSQL
+cluster (tests/_postgres.py); the SQLite-only ones (WAL, busy_timeout pragma, the file lock
+of a first open) say so in their names."""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def test_location_from_traitlets_config(tmp_path: Path, monkeypatch: pytest.Monk
     assert loc.artifact_url == str(tmp_path / "blobs")
 
 
-def test_open_creates_schema_wal_and_head_revision(ws) -> None:
+def test_sqlite_open_creates_schema_wal_and_head_revision(ws) -> None:
     store = ws.store
     assert store.schema_revision() == store.head_revision()
     db = sqlite3.connect(ws.location.directory / "mlops.db")
@@ -62,30 +66,32 @@ def test_open_creates_schema_wal_and_head_revision(ws) -> None:
     assert {"experiments", "runs", "metrics", "logs", "artifacts", "alembic_version"} <= tables
 
 
-def test_schema_module_matches_migrations(ws) -> None:
+def test_schema_module_matches_migrations(any_ws) -> None:
     """The table definitions queries use and the migrated database must not drift."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
     from jupyter_mlops.store._schema import metadata
 
-    with ws.store.engine.connect() as conn:
+    with any_ws.store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
 
 
-def test_database_from_newer_schema_is_refused_untouched(ws) -> None:
-    loc = ws.location
-    ws.store.create_run(new_run_id(), "keep-me", "exp")
-    ws.store.close()
-    db = sqlite3.connect(loc.directory / "mlops.db")
-    db.execute("UPDATE alembic_version SET version_num = '9999_future'")
-    db.commit()
-    before = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+def test_database_from_newer_schema_is_refused_untouched(any_ws) -> None:
+    loc = any_ws.location
+    any_ws.store.create_run(new_run_id(), "keep-me", "exp")
+    any_ws.store.close()
+    db = sa.create_engine(loc.database_url)
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(SchemaTooNew, match="newer than this jupyter-mlops"):
         Store(loc)
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999_future"
-    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == before == 1
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() \
+            == "9999_future"
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+    db.dispose()
 
 
 def test_unwritable_workspace_is_a_clear_error(tmp_path: Path) -> None:
@@ -95,7 +101,8 @@ def test_unwritable_workspace_is_a_clear_error(tmp_path: Path) -> None:
         Store(resolve_location(blocker / "ws", config=WorkspaceConfig()))
 
 
-def test_status_transitions_are_guarded(ws) -> None:
+def test_status_transitions_are_guarded(any_ws) -> None:
+    ws = any_ws
     run_id = new_run_id()
     ws.store.create_run(run_id, "r", "exp")
     assert ws.store.set_status(run_id, "canceled", only_from=("queued",))
@@ -104,7 +111,8 @@ def test_status_transitions_are_guarded(ws) -> None:
     assert ws.store.get_run_row(run_id)["status"] == "canceled"
 
 
-def test_get_run_by_id_name_and_prefix(ws) -> None:
+def test_get_run_by_id_name_and_prefix(any_ws) -> None:
+    ws = any_ws
     first, second = "aaaa11112222", "aaaa33334444"
     ws.store.create_run(first, "resnet-small", "exp")
     ws.store.create_run(second, "resnet-large", "exp")
@@ -120,7 +128,8 @@ def test_get_run_by_id_name_and_prefix(ws) -> None:
     assert ws.get_run("resnet-small").id == "bbbb00000000"
 
 
-def test_runs_filters(ws) -> None:
+def test_runs_filters(any_ws) -> None:
+    ws = any_ws
     ws.store.create_run("r1" + "0" * 10, "a", "exp1", tags={"team": "vision"})
     ws.store.create_run("r2" + "0" * 10, "b", "exp2", tags={"team": "nlp"}, status="completed")
     assert [r.name for r in ws.runs(experiment="exp1")] == ["a"]
@@ -133,7 +142,8 @@ def test_runs_filters(ws) -> None:
     assert "tag.team" in frame.columns
 
 
-def test_stale_heartbeat_marks_run_lost(ws) -> None:
+def test_stale_heartbeat_marks_run_lost(any_ws) -> None:
+    ws = any_ws
     import time
 
     run_id = new_run_id()
@@ -144,7 +154,8 @@ def test_stale_heartbeat_marks_run_lost(ws) -> None:
     assert "no heartbeat" in run.error
 
 
-def test_dead_local_process_marks_run_lost(ws) -> None:
+def test_dead_local_process_marks_run_lost(any_ws) -> None:
+    ws = any_ws
     import socket
     import subprocess
     import sys
@@ -230,13 +241,14 @@ def test_a_first_open_waits_out_a_writer_holding_the_new_database(tmp_path: Path
     store.close()
 
 
-def test_old_workspace_is_migrated_on_open_keeping_its_data(tmp_path: Path) -> None:
+def test_old_workspace_is_migrated_on_open_keeping_its_data(backend_name: str) -> None:
     from alembic import command
 
     from jupyter_mlops.store._store import _alembic_config
 
-    loc = resolve_location(tmp_path / "old", config=WorkspaceConfig())
+    loc = resolve_location(config=WorkspaceConfig())  # the workspace backend_name set up
     loc.directory.mkdir()
+    assert loc.database_url.startswith(backend_name)
     engine = sa.create_engine(loc.database_url)
     config = _alembic_config()
     with engine.begin() as conn:

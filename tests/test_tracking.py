@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ from jupyter_mlops.tracking import NoActiveRun
 from .conftest import wait_until
 
 
-def test_nan_and_infinities_round_trip(ws) -> None:
+def test_nan_and_infinities_round_trip(any_ws) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("special", experiment="e") as run:
         mlops.log("x", math.nan)
         mlops.log("x", math.inf)
@@ -26,14 +26,14 @@ def test_nan_and_infinities_round_trip(ws) -> None:
     assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 1.5]
     assert history["step"].tolist() == [0, 1, 2, 3]
     # The stored representation: NaN is NULL (SQLite cannot hold NaN), inf stays a REAL.
-    db = sqlite3.connect(ws.location.directory / "mlops.db")
-    raw = [r[0] for r in db.execute("SELECT value FROM metrics ORDER BY id")]
+    with ws.store.read() as conn:
+        raw = [r[0] for r in conn.exec_driver_sql("SELECT value FROM metrics ORDER BY id")]
     assert raw[0] is None and raw[1] == math.inf
     latest = mlops.workspace().get_run(run.id).metrics()
     assert latest == {"x": 1.5}
 
 
-def test_steps_auto_increment_per_key_and_follow_explicit_steps(ws) -> None:
+def test_steps_auto_increment_per_key_and_follow_explicit_steps(any_ws) -> None:
     with mlops.start_run("steps") as run:
         mlops.log("a", 1.0)
         mlops.log("a", 2.0)
@@ -74,7 +74,8 @@ def test_bad_step_fails_at_the_call(ws) -> None:
         mlops.log("x", 1.0, step=1.5)
 
 
-def test_points_become_durable_without_explicit_flush(ws) -> None:
+def test_points_become_durable_without_explicit_flush(any_ws) -> None:
+    ws = any_ws  # on SQLite and PostgreSQL
     with mlops.start_run("live") as run:
         for i in range(100):
             mlops.log("loss", 1.0 / (i + 1))
@@ -108,7 +109,7 @@ def test_outside_a_run_is_a_clear_error(ws) -> None:
     assert mlops.current_run() is None
 
 
-def test_params_images_and_outputs(ws, tmp_path) -> None:
+def test_params_images_and_outputs(any_ws, tmp_path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,14 +140,14 @@ def test_params_images_and_outputs(ws, tmp_path) -> None:
         run.download("missing.txt", tmp_path)
 
 
-def test_nested_runs_record_their_parent(ws) -> None:
+def test_nested_runs_record_their_parent(any_ws) -> None:
     with mlops.start_run("outer") as outer, mlops.start_run("inner") as inner:
         mlops.log("x", 1.0)
     assert inner.info()["parent_id"] == outer.id
     assert outer.metrics() == {} and inner.metrics() == {"x": 1.0}
 
 
-def test_should_stop_follows_cancel_requests(ws) -> None:
+def test_should_stop_follows_cancel_requests(any_ws) -> None:
     with mlops.start_run("stoppable") as run:
         assert mlops.should_stop() is False
         run.cancel()

@@ -317,8 +317,9 @@ class Workspace:
         newest_metric = store.feed_heads()[1]
         next_metric = max(metric_id, min(newest_metric, metric_id + _METRIC_WINDOW))
         metrics = store.metrics_since(metric_id, next_metric)
-        lost = [row["id"] for row in map(self.backend.as_read, store.list_runs(status=ACTIVE))
-                if row["status"] == "lost"]
+        now = store.clock()  # once for the listing (a query on PostgreSQL)
+        lost = [row["id"] for row in store.list_runs(status=ACTIVE)
+                if self.backend.as_read(row, now)["status"] == "lost"]
         more = len(rows) == limit or next_metric < newest_metric
         return {
             "cursor": f"{rows[-1]['id'] if rows else event_id}-{next_metric}",

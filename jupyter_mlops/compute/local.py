@@ -291,7 +291,7 @@ class LocalTarget(Target):
                 continue
             if row["host"] not in (None, HOSTNAME):
                 continue  # another machine's local queue (a shared database)
-            reason = job_gone(row, backend.config.lost_after)
+            reason = job_gone(row, backend.config.lost_after, backend.store.clock())
             if reason is None:
                 return False
             backend.store.set_status(row["id"], "lost", only_from=("queued",), error=reason)

@@ -57,9 +57,9 @@ def reap(backend: Backend) -> list[str]:
 
 def _reap(backend: Backend) -> list[str]:
     store, lost_after = backend.store, backend.config.lost_after
-    marked = []
+    marked, now = [], store.clock()  # database time on PostgreSQL: clocks may disagree
     for row in store.list_runs(status=ACTIVE):
-        reason = job_gone(row, lost_after)
+        reason = job_gone(row, lost_after, now)
         if reason is None or not store.set_status(row["id"], "lost", only_from=ACTIVE,
                                                   error=reason):
             continue
@@ -75,7 +75,7 @@ def _reap(backend: Backend) -> list[str]:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     for row in store.list_sweeps(status=ACTIVE):
-        reason = job_gone(row, lost_after)
+        reason = job_gone(row, lost_after, now)
         if reason is not None and store.set_sweep_status(
                 row["id"], "lost", only_from=ACTIVE,
                 error=f"the sweep controller stopped without finishing ({reason}); "

@@ -2,7 +2,8 @@
 
 Everything a job needs is kept in the workspace, not only on the submitting machine: the
 spec (``job/spec.json``), the input notebook (``job/input.ipynb``) and the carried names
-(``job/carried/*.pkl``) are files of the run in the artifact store (not listed among its
+(``job/carried/*.pkl``, or for a sweep's trial its sweep's ``carried/*.pkl``, stored once)
+are files of the run in the artifact store (not listed among its
 artifacts: they are its inputs, not its results). The job process fetches them into its
 local staging folder (``Backend.staging_dir``) when they are not there already, so any
 machine that reaches the workspace can run the job; the folder is removed when the run ends.
@@ -38,6 +39,9 @@ class JobSpec:
     # runs on its parent's slots instead of queueing behind them: {"slots", "cuda_visible_devices"}
     parent_resources: dict[str, Any] | None = None
     carried: list[str] = field(default_factory=list)  # names stored under job/carried/
+    # A sweep's trial shares its sweep's carried names, stored once for all its trials under
+    # the sweep's files (``carried/<name>.pkl`` of area "sweeps") instead of job/carried/.
+    carried_sweep: str | None = None
 
     def save(self, backend: Backend) -> None:
         backend.artifacts.put_bytes(self.run_id, SPEC, json.dumps(asdict(self), indent=1).encode())
@@ -63,9 +67,22 @@ def fetch_inputs(backend: Backend, spec: JobSpec) -> Path:
     fetched from the artifact store unless they are already here (same machine)."""
     folder = backend.staging_dir(spec.run_id)
     wanted = {INPUT_NOTEBOOK: folder / "input.ipynb"}
-    wanted.update({f"{CARRIED_PREFIX}{name}.pkl": folder / "carried" / f"{name}.pkl"
-                   for name in spec.carried})
     for rel, local in wanted.items():
         if not local.exists():
             backend.artifacts.download(spec.run_id, rel, local)
+    for name in spec.carried:
+        local = folder / "carried" / f"{name}.pkl"
+        if not local.exists():
+            backend.artifacts.download(*carried_key(spec, name), local, area=carried_area(spec))
     return folder
+
+
+def carried_area(spec: JobSpec) -> str:
+    return "sweeps" if spec.carried_sweep else "runs"
+
+
+def carried_key(spec: JobSpec, name: str) -> tuple[str, str]:
+    """(owner id, path) of a carried name in the artifact store (see ``carried_area``)."""
+    if spec.carried_sweep:
+        return spec.carried_sweep, f"carried/{name}.pkl"
+    return spec.run_id, f"{CARRIED_PREFIX}{name}.pkl"

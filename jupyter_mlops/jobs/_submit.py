@@ -63,6 +63,7 @@ def submit_notebook(
     datasets: list[dict[str, Any]] | None = None,
     parent_resources: dict[str, Any] | None = None,
     carried: list[str] | None = None,
+    carried_sweep: str | None = None,
     fields: dict[str, Any] | None = None,
 ) -> str:
     """Record a new ``queued`` run for ``notebook`` and hand it to its compute target.
@@ -72,7 +73,8 @@ def submit_notebook(
     columns of the run (a sweep's trial sets ``sweep_id`` and ``trial_number``).
     ``datasets`` are ``{"name", "version"}`` inputs, pinned to a version and checked now.
     ``carried`` names (pickles in the staging folder's ``carried/``) are kept as artifacts
-    too, so another machine can run the job; a sweep's trials share the sweep's instead.
+    too, so another machine can run the job; a sweep's trials give ``carried_sweep``, the
+    sweep that stored them once for all its trials.
     """
     from ..compute import get_target
     from ..registry import pin_datasets
@@ -88,7 +90,8 @@ def submit_notebook(
     spec = JobSpec(
         run_id=run_id, parameters=dict(parameters or {}), kernel_name=kernel_name, cwd=cwd,
         timeout=timeout, env=dict(env or {}), headless=headless, target=target, gpus=gpus,
-        parent_resources=parent_resources, carried=sorted(carried or []))
+        parent_resources=parent_resources, carried=sorted(carried or []),
+        carried_sweep=carried_sweep)
     try:
         nbformat.write(notebook, folder / "input.ipynb")
         backend.store.create_run(
@@ -99,7 +102,7 @@ def submit_notebook(
             resources={"owner": current_user(), **({"datasets": pinned} if pinned else {})},
             **(fields or {}),
         )
-        store_inputs(backend, run_id, folder, spec.carried)
+        store_inputs(backend, run_id, folder, [] if carried_sweep else spec.carried)
         spec.save(backend)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

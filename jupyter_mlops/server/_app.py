@@ -17,7 +17,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Int
 
 from ..api import Workspace, workspace
-from ..store import WorkspaceConfig, load_config
+from ..store import WorkspaceConfig, load_config, load_file_config
 from ._handlers import API_PREFIX, route_table
 
 ENV_LOCATION = ("JUPYTER_MLOPS_WORKSPACE", "JUPYTER_MLOPS_DATABASE_URL")
@@ -37,7 +37,11 @@ class ApiState:
         """The workspace, opened on first use (in a pool thread: opening migrates)."""
         with self._lock:
             if self._workspace is None:
-                config = load_config(self._app.config)
+                # The files a notebook in the server's root folder reads, then what the
+                # server itself was given (its command line and config files) on top.
+                merged = load_file_config(self._app.serverapp.root_dir)
+                merged.merge(self._app.config)
+                config = load_config(merged)
                 configured = any(os.environ.get(v) for v in ENV_LOCATION) or (
                     config.directory or config.database_url)
                 # Without an explicit location, the nearest .mlops of the server's root folder

@@ -27,8 +27,10 @@ class Backend:
     def __init__(self, location: WorkspaceLocation, config: WorkspaceConfig | None = None):
         self.location = location
         self.config = config if config is not None else load_config()
+        # The artifact store first: an unreachable one fails before the database is opened.
+        self.artifacts = ArtifactStore(location.artifact_url, location.storage_options)
+        self.artifacts.check()
         self.store = Store(location, self.config)
-        self.artifacts = ArtifactStore(location.artifact_url)
         self.endpoints = EndpointStore(self.store)
 
     @classmethod
@@ -58,12 +60,14 @@ class Backend:
 
     def endpoint_as_read(self, row: dict[str, Any]) -> dict[str, Any]:
         return as_read(row, self.config.lost_after, active=ENDPOINT_ACTIVE,
-                       reread=lambda: self.endpoints.get(row["id"]))
+                       reread=lambda: self.endpoints.get(row["id"]), now=self.store.clock())
 
-    def as_read(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` with ``lost`` reported for a run whose job is gone (see ``_liveness``)."""
+    def as_read(self, row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+        """``row`` with ``lost`` reported for a run whose job is gone (see ``_liveness``),
+        judged at ``now`` (default: the store's clock, database time on PostgreSQL)."""
         return as_read(row, self.config.lost_after,
-                       reread=lambda: self.store.get_run_row(row["id"]))
+                       reread=lambda: self.store.get_run_row(row["id"]),
+                       now=self.store.clock() if now is None else now)
 
     def list_runs(self, *, experiment: str | None = None, status: list[str] | None = None,
                   tags: dict[str, Any] | None = None, parent_id: str | None = None,
@@ -100,7 +104,8 @@ class Backend:
 
     def _as_listed(self, rows: list[dict[str, Any]], status: list[str] | None
                    ) -> list[dict[str, Any]]:
-        rows = [self.as_read(row) for row in rows]
+        now = self.store.clock()
+        rows = [self.as_read(row, now) for row in rows]
         if status:
             rows = [row for row in rows if row["status"] in status]
         metrics = self.store.latest_metrics_many([row["id"] for row in rows])

@@ -9,11 +9,13 @@ re-resolving it from their own working directory.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from traitlets import Bool, Float, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Float, TraitError, Unicode, validate
 from traitlets.config import Config, Configurable
 
 from ..errors import WorkspaceError
@@ -21,6 +23,8 @@ from ..errors import WorkspaceError
 ENV_WORKSPACE = "JUPYTER_MLOPS_WORKSPACE"
 ENV_DATABASE_URL = "JUPYTER_MLOPS_DATABASE_URL"
 ENV_ARTIFACT_URL = "JUPYTER_MLOPS_ARTIFACT_URL"
+# fsspec storage options of the artifact URL, as a JSON object (e.g. an S3 endpoint_url)
+ENV_ARTIFACT_OPTIONS = "JUPYTER_MLOPS_ARTIFACT_OPTIONS"
 DIR_NAME = ".mlops"
 
 # What a job process is told through its environment (set by the job runner).
@@ -38,6 +42,7 @@ class WorkspaceConfig(Configurable):
 
         c.WorkspaceConfig.database_url = "postgresql+psycopg://ml@db/mlops"
         c.WorkspaceConfig.artifact_url = "s3://team-bucket/mlops"
+        c.WorkspaceConfig.artifact_options = {"endpoint_url": "https://minio.lan:9000"}
     """
 
     directory = Unicode(
@@ -49,9 +54,16 @@ class WorkspaceConfig(Configurable):
     artifact_url = Unicode(
         "", config=True, help="fsspec URL of the artifact root; default: <directory>/artifacts."
     )
+    artifact_options = Dict(
+        config=True,
+        help="fsspec storage options for artifact_url (for s3://: endpoint_url, profile, "
+        "client_kwargs...). Credentials are better left to the AWS_* environment variables "
+        "or ~/.aws, which s3fs reads. JUPYTER_MLOPS_ARTIFACT_OPTIONS (JSON) overrides it.",
+    )
     busy_timeout = Float(
         10.0, config=True,
-        help="Seconds a SQLite writer waits for the lock before failing. Must stay under "
+        help="Seconds a writer waits for a lock before failing (SQLite's busy timeout, "
+        "PostgreSQL's lock_timeout). Must stay under "
         "lost_after - heartbeat_interval, so that a job waiting on a lock is never taken "
         "for lost.",
     )
@@ -95,19 +107,42 @@ class WorkspaceConfig(Configurable):
 
 @dataclass(frozen=True)
 class WorkspaceLocation:
-    """A resolved workspace: a local directory (for staging and locks) and two URLs."""
+    """A resolved workspace: a local directory (for staging and locks), two URLs and the
+    artifact URL's fsspec options (canonical JSON text, so that a location stays hashable)."""
 
     directory: Path
     database_url: str
     artifact_url: str
+    artifact_options: str = ""
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options of ``artifact_url``."""
+        return json.loads(self.artifact_options) if self.artifact_options else {}
 
     def to_env(self) -> dict[str, str]:
-        """Environment variables that make a child process open this same workspace."""
+        """Environment variables that make a child process (a job, a scoring server, a
+        sweep controller, on this machine or another) open this same workspace."""
         return {
             ENV_WORKSPACE: str(self.directory),
             ENV_DATABASE_URL: self.database_url,
             ENV_ARTIFACT_URL: self.artifact_url,
+            ENV_ARTIFACT_OPTIONS: self.artifact_options,
         }
+
+
+def _options_text(env_text: str | None, configured: dict[str, Any]) -> str:
+    """The artifact store's options as canonical JSON: the environment's, else the config's."""
+    options: Any = configured
+    if env_text:
+        try:
+            options = json.loads(env_text)
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            raise WorkspaceError(f"{ENV_ARTIFACT_OPTIONS} must be a JSON object of fsspec "
+                                 'storage options, such as {"endpoint_url": "http://host:9000"}')
+    return json.dumps(options, sort_keys=True) if options else ""
 
 
 def find_workspace_dir(start: Path | None = None) -> Path:
@@ -123,15 +158,15 @@ def find_workspace_dir(start: Path | None = None) -> Path:
 CONFIG_FILES = ("jupyter_server_config", "jupyter_mlops_config")  # later files win
 
 
-def load_file_config() -> Config:
-    """The traitlets configuration of Jupyter's config path and the current folder:
-    ``jupyter_server_config.py``/``.json`` (what the server extension reads), then
-    ``jupyter_mlops_config.py``/``.json``; nearer folders and later files win."""
+def load_file_config(here: str | os.PathLike[str] | None = None) -> Config:
+    """The traitlets configuration of Jupyter's config path and of ``here`` (default: the
+    current folder): ``jupyter_server_config.py``/``.json`` (what the server extension
+    reads), then ``jupyter_mlops_config.py``/``.json``; nearer folders and later files win."""
     from jupyter_core.paths import jupyter_config_path
     from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
     config = Config()
-    for folder in reversed([os.getcwd(), *jupyter_config_path()]):
+    for folder in reversed([os.fspath(here) if here else os.getcwd(), *jupyter_config_path()]):
         for stem in CONFIG_FILES:
             for suffix, loader in ((".json", JSONFileConfigLoader), (".py", PyFileConfigLoader)):
                 path = Path(folder) / (stem + suffix)
@@ -167,10 +202,11 @@ def resolve_location(
     env = os.environ
     if directory is not None:
         folder = Path(directory)
-        db_url, art_url = "", ""
+        db_url, art_url, options = "", "", ""
     else:
         db_url = env.get(ENV_DATABASE_URL) or config.database_url
         art_url = env.get(ENV_ARTIFACT_URL) or config.artifact_url
+        options = _options_text(env.get(ENV_ARTIFACT_OPTIONS), dict(config.artifact_options))
         if env.get(ENV_WORKSPACE):
             folder = Path(env[ENV_WORKSPACE])
         elif config.directory:
@@ -182,4 +218,5 @@ def resolve_location(
         directory=folder,
         database_url=db_url or f"sqlite:///{folder / 'mlops.db'}",
         artifact_url=art_url or str(folder / "artifacts"),
+        artifact_options=options if art_url else "",
     )

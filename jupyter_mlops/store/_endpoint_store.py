@@ -25,7 +25,9 @@ class EndpointStore:
     def create(self, endpoint_id: str, name: str, **fields: Any) -> None:
         """Record a new endpoint ``starting``; refused while another of that name is active."""
         now = time.time()
+        self.store.stamp_heartbeat(fields)
         with self.store.write() as conn:
+            self.store.lock_name(conn, "endpoint:" + name)  # PostgreSQL: one creator a name
             clash = conn.execute(sa.select(t.endpoints.c.id).where(
                 t.endpoints.c.name == name,
                 t.endpoints.c.status.in_(ENDPOINT_ACTIVE))).first()
@@ -38,6 +40,7 @@ class EndpointStore:
 
     def update(self, endpoint_id: str, **fields: Any) -> None:
         fields.setdefault("updated_at", time.time())
+        self.store.stamp_heartbeat(fields)
         with self.store.write() as conn:
             conn.execute(t.endpoints.update().where(t.endpoints.c.id == endpoint_id)
                          .values(**fields))
@@ -45,6 +48,7 @@ class EndpointStore:
     def set_status(self, endpoint_id: str, status: str, *,
                    only_from: Iterable[str] = ENDPOINT_ACTIVE, **fields: Any) -> bool:
         """Move to ``status`` unless the endpoint already left ``only_from``."""
+        self.store.stamp_heartbeat(fields)
         with self.store.write() as conn:
             result = conn.execute(
                 t.endpoints.update()
@@ -77,7 +81,7 @@ class EndpointStore:
     def heartbeat(self, endpoint_id: str, stats: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record that the server lives (and its request figures); returns the row, so the
         server learns of a stop request or a new revision in the same round trip."""
-        values: dict[str, Any] = {"heartbeat_at": time.time()}
+        values: dict[str, Any] = {"heartbeat_at": self.store.now()}
         if stats is not None:
             values["stats"] = stats
         with self.store.write() as conn:

@@ -6,6 +6,10 @@ and while it runs, and records its pid and host. Its job is gone when
 - it ran on this host and that process has ended (by any death), or
 - it runs elsewhere (or recorded no pid) and its heartbeat is older than ``lost_after``.
 
+Heartbeats are judged in the database's time: the store stamps them with its clock on
+PostgreSQL (``Store.stamp_heartbeat``) and readers pass ``Store.clock()`` as ``now``, so a
+machine whose clock is off never makes another machine's live run look lost.
+
 A live process on this host is never taken for lost, however long it waits in the queue or
 for a busy database. Readers *report* a run whose job is gone as ``lost`` (derived, nothing
 written); the reaper (``jobs.reap``), in the processes that own jobs, stores that ending.
@@ -48,18 +52,19 @@ def job_gone(row: dict[str, Any], lost_after: float, now: float | None = None,
 
 
 def as_read(row: dict[str, Any], lost_after: float, reread: Any = None,
-            active: Sequence[str] = ACTIVE) -> dict[str, Any]:
+            active: Sequence[str] = ACTIVE, now: float | None = None) -> dict[str, Any]:
     """The row as readers see it: an active run whose job is gone reads as ``lost``.
 
     The stored row is left as it is (a read never writes). A job writes its ending before
     its process exits, so when the process is found gone the row is read once more
     (``reread``) before calling the run lost: that second read sees any ending.
-    ``status_stored`` keeps what the database says.
+    ``status_stored`` keeps what the database says. ``now`` is the time heartbeats are
+    judged against: pass ``Store.clock()`` (database time on a shared database).
     """
-    reason = job_gone(row, lost_after, active=active)
+    reason = job_gone(row, lost_after, now, active=active)
     if reason is not None and reread is not None:
         row = reread() or row
-        reason = job_gone(row, lost_after, active=active)
+        reason = job_gone(row, lost_after, now, active=active)
     if reason is None:
         return row
     return {**row, "status": "lost", "status_stored": row["status"],

@@ -189,7 +189,8 @@ class RegistryStore:
     ) -> dict[str, Any]:
         v = t.model_versions
         with self.store.write() as conn:
-            tags = conn.execute(sa.select(v.c.tags).where(v.c.id == version_id)).scalar()
+            tags = conn.execute(sa.select(v.c.tags).where(v.c.id == version_id)
+                                .with_for_update()).scalar()  # PostgreSQL: no lost update
             if tags is None:
                 raise NotFound(f"model version {version_id} was deleted")
             merged = {k: x for k, x in {**tags, **set_tags}.items() if k not in remove}
@@ -201,6 +202,9 @@ class RegistryStore:
         """Point ``alias`` at ``version_id``; returns the version id it pointed to before."""
         a = t.model_aliases
         with self.store.write() as conn:
+            # PostgreSQL: the model's row lock orders concurrent moves of its aliases.
+            conn.execute(sa.select(t.models.c.id).where(t.models.c.id == model_id)
+                         .with_for_update())
             before = conn.execute(
                 sa.select(a.c.version_id).where(a.c.model_id == model_id, a.c.alias == alias)
             ).scalar()
@@ -308,7 +312,8 @@ class RegistryStore:
     def update_dataset_tags(self, version_id: int, set_tags: dict[str, Any]) -> dict[str, Any]:
         v = t.dataset_versions
         with self.store.write() as conn:
-            tags = conn.execute(sa.select(v.c.tags).where(v.c.id == version_id)).scalar()
+            tags = conn.execute(sa.select(v.c.tags).where(v.c.id == version_id)
+                                .with_for_update()).scalar()  # PostgreSQL: no lost update
             merged = {**(tags or {}), **set_tags}
             conn.execute(v.update().where(v.c.id == version_id).values(tags=merged))
             row = conn.execute(sa.select(t.datasets.c.name, v.c.version)
@@ -330,6 +335,7 @@ class RegistryStore:
         """Note that a run read a dataset version (idempotent)."""
         r = t.run_inputs
         with self.store.write() as conn:
+            Store.lock_run(conn, run_id)  # PostgreSQL: one recorder of the run at a time
             if conn.execute(sa.select(r.c.run_id).where(
                 r.c.run_id == run_id, r.c.dataset_version_id == dataset_version_id
             )).first() is None:

@@ -5,6 +5,14 @@ pool hands each thread its own connection); several processes may open the same 
 at once. SQLite runs in WAL mode, so readers never block writers; every write transaction
 starts with ``BEGIN IMMEDIATE``, which takes the write lock up front and lets SQLite's busy
 timeout queue writers instead of failing with "database is locked" on lock upgrade.
+
+PostgreSQL (``JUPYTER_MLOPS_DATABASE_URL=postgresql+psycopg://...``) runs the same
+migrations and queries. Writers run concurrently there, so every read-modify-write locks
+what it changes (``SELECT ... FOR UPDATE`` of the row, or ``lock_name``: a transaction
+advisory lock), which SQLite ignores (its immediate transaction already serialises them).
+``lock_timeout`` plays the part of SQLite's busy timeout. Heartbeats are stamped in
+database time (``now``), and readers judge them against database time (``clock``), so the
+clocks of the machines sharing a workspace need not agree.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from ..errors import (
     WorkspaceError,
     WorkspaceFull,
     WorkspaceReadOnly,
+    WorkspaceUnreachable,
 )
 from . import _schema as t
 from ._config import WorkspaceConfig, WorkspaceLocation
@@ -58,6 +67,11 @@ def new_run_id() -> str:
 
 
 def _make_engine(url: str, busy_timeout: float) -> Engine:
+    if url.startswith("postgresql"):
+        # A lock held longer than busy_timeout fails the statement (WorkspaceBusy), as on SQLite.
+        options = f"-c lock_timeout={int(busy_timeout * 1000)}"
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={
+            "connect_timeout": max(1, math.ceil(busy_timeout)), "options": options})
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     engine = sa.create_engine(
@@ -132,11 +146,53 @@ class Store:
         try:
             yield
         except (sa.exc.OperationalError, sa.exc.DatabaseError) as exc:
-            if isinstance(exc, _DATA_ERRORS):
+            if isinstance(exc, _DATA_ERRORS) and not _sqlstate(exc).startswith(
+                    _SERVER_TROUBLE):
                 raise
             raise database_error(self.location, exc) from None
         except OSError as exc:
             raise database_error(self.location, exc) from None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def now(self) -> Any:
+        """The current time as a value to write: on PostgreSQL the database's clock (an SQL
+        expression evaluated by the server), elsewhere this host's ``time.time()``."""
+        if self.is_postgres:
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        return time.time()
+
+    def clock(self) -> float:
+        """The time heartbeats are judged against: the database's clock on PostgreSQL (the
+        workspace is shared by machines whose clocks may disagree), else ``time.time()``."""
+        if not self.is_postgres:
+            return time.time()
+        with self.read() as conn:
+            return float(conn.execute(sa.select(self.now())).scalar_one())
+
+    def stamp_heartbeat(self, fields: dict[str, Any]) -> None:
+        """Rewrite ``fields["heartbeat_at"]`` (a time on the writer's clock) into database
+        time, keeping its age: ``time.time() - heartbeat_at`` ago by the database's clock.
+        A writer whose clock is off by an hour still writes a fresh heartbeat."""
+        beat = fields.get("heartbeat_at")
+        if self.is_postgres and isinstance(beat, (int, float)):
+            fields["heartbeat_at"] = self.now() - (time.time() - beat)
+
+    @staticmethod
+    def lock_run(conn: Connection, run_id: str) -> None:
+        """Lock a run's row until the transaction ends (PostgreSQL; SQLite ignores it)."""
+        conn.execute(sa.select(t.runs.c.id).where(t.runs.c.id == run_id).with_for_update())
+
+    @staticmethod
+    def lock_name(conn: Connection, name: str) -> None:
+        """Serialise the transactions that lock the same ``name`` (a row that does not
+        exist yet cannot be locked): a PostgreSQL transaction advisory lock; nothing on
+        SQLite, whose write transactions are serialised already."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(
+                sa.func.hashtextextended(name, 0))))
 
     def _open_schema(self) -> None:
         """Migrate, waiting patiently for the lock: processes that open a brand-new workspace
@@ -189,8 +245,21 @@ class Store:
 
     @contextmanager
     def _migration_lock(self, mode: int) -> Iterator[None]:
-        """A file lock beside a SQLite database: one process creates or migrates the tables
-        (exclusive) while the others wait to read the schema revision (shared)."""
+        """One process creates or migrates the tables (exclusive) while the others wait to
+        read the schema revision (shared): a file lock beside a SQLite database; a session
+        advisory lock on PostgreSQL."""
+        if self.is_postgres:
+            lock = "pg_advisory_lock" if mode == fcntl.LOCK_EX else "pg_advisory_lock_shared"
+            with self.engine.connect() as conn:
+                conn.execute(sa.select(getattr(sa.func, lock)(_MIGRATION_LOCK_KEY)))
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.select(getattr(sa.func, lock.replace("lock", "unlock", 1))(
+                        _MIGRATION_LOCK_KEY)))
+                    conn.commit()
+            return
         if not self.location.database_url.startswith("sqlite"):
             yield
             return
@@ -255,6 +324,7 @@ class Store:
         fields.setdefault("tags", {})
         fields.setdefault("status", "queued")
         fields.setdefault("kind", "inline")
+        self.stamp_heartbeat(fields)
         with self.write() as conn:
             conn.execute(
                 t.runs.insert().values(
@@ -277,6 +347,7 @@ class Store:
                 record_event(conn, "run.deleted", run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        self.stamp_heartbeat(fields)
         with self.write() as conn:
             conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(**fields))
 
@@ -306,6 +377,7 @@ class Store:
             fields.setdefault("ended_at", time.time())
         if status in ("starting", "running"):
             fields.setdefault("heartbeat_at", time.time())
+        self.stamp_heartbeat(fields)
         with self.write() as conn:
             result = conn.execute(
                 t.runs.update()
@@ -320,7 +392,7 @@ class Store:
         """Record that the job of ``run_id`` is alive."""
         with self.write() as conn:
             conn.execute(
-                t.runs.update().where(t.runs.c.id == run_id).values(heartbeat_at=time.time())
+                t.runs.update().where(t.runs.c.id == run_id).values(heartbeat_at=self.now())
             )
 
     def request_stop(self, run_id: str, reason: str) -> None:
@@ -456,6 +528,7 @@ class Store:
                          experiment=experiment)
 
     def update_sweep(self, sweep_id: str, **fields: Any) -> None:
+        self.stamp_heartbeat(fields)
         with self.write() as conn:
             conn.execute(t.sweeps.update().where(t.sweeps.c.id == sweep_id).values(**fields))
 
@@ -463,6 +536,7 @@ class Store:
                          only_from: Sequence[str] = ACTIVE, **fields: Any) -> bool:
         if status in TERMINAL:
             fields.setdefault("ended_at", time.time())
+        self.stamp_heartbeat(fields)
         with self.write() as conn:
             result = conn.execute(
                 t.sweeps.update()
@@ -517,6 +591,8 @@ class Store:
         with self.write() as conn:
             if self.engine.dialect.name == "sqlite":
                 _insert_metrics_sqlite(conn, run_id, rows)
+            elif self.is_postgres:
+                _copy_metrics_postgres(conn, run_id, rows)
             else:
                 conn.execute(
                     t.metrics.insert(),
@@ -657,6 +733,7 @@ class Store:
 
     def record_artifact(self, run_id: str, path: str, size: int, sha256: str) -> None:
         with self.write() as conn:
+            self.lock_run(conn, run_id)  # PostgreSQL: one recorder of the run's files at a time
             conn.execute(
                 t.artifacts.delete().where(
                     t.artifacts.c.run_id == run_id, t.artifacts.c.path == path
@@ -692,6 +769,7 @@ class Store:
             return [(i, r, int(s), _nan_if_null(v)) for i, r, s, v in conn.execute(query)]
 
 
+_MIGRATION_LOCK_KEY = 0x6D6C6F7073  # "mlops": the advisory lock of migrations on PostgreSQL
 _ROWS_PER_INSERT = 249  # 1 + 4 x 249 = 997 bound parameters: under SQLite's smallest limit, 999
 
 
@@ -701,12 +779,85 @@ _DATA_ERRORS = (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError
 DATA_ERRORS = (*_DATA_ERRORS, OverflowError, TypeError, ValueError)
 
 
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE code of a PostgreSQL error ('' for other databases)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+
+
+# SQLSTATE classes that say the server cannot serve the workspace, whatever the rows: even
+# when the driver files them as a data error (42501: permission denied is a ProgrammingError).
+_SERVER_TROUBLE = ("08", "28", "3D", "42501", "25006", "53", "57", "58", "XX", "55P03",
+                   "40P01", "40001")
+
+
+def _shown_url(url: str) -> str:
+    """The database URL as it may be shown: the password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _server_error(where: str, code: str, detail: str) -> WorkspaceError | None:
+    """The one line for a PostgreSQL server failure, by its SQLSTATE (None: not one)."""
+    text = detail.lower()
+    if not code:  # a failed connection carries no SQLSTATE: the server said why in words
+        if "database" in text and "does not exist" in text:
+            code = "3D000"
+        elif "authentication failed" in text or ("role" in text and "does not exist" in text) \
+                or "pg_hba.conf" in text:
+            code = "28000"
+    if code.startswith("08") or (not code and "connection" in text):
+        return WorkspaceUnreachable(
+            f"cannot reach the workspace database server {where} ({detail}); check that the "
+            "server runs and the host and port of JUPYTER_MLOPS_DATABASE_URL are right")
+    if code.startswith("28"):
+        return WorkspaceError(
+            f"the workspace database server {where} refused the login ({detail}); check the "
+            "user and password in JUPYTER_MLOPS_DATABASE_URL")
+    if code == "3D000":
+        return WorkspaceError(
+            f"the workspace database {where} does not exist ({detail}); create it "
+            "(createdb NAME) or fix the database name in JUPYTER_MLOPS_DATABASE_URL")
+    if code in ("42501", "25006"):
+        return WorkspaceReadOnly(
+            f"the workspace database {where} cannot be written by this user ({detail}); "
+            "grant it the rights on the database, or use another user in "
+            "JUPYTER_MLOPS_DATABASE_URL")
+    if code.startswith("53"):
+        return WorkspaceFull(
+            f"the workspace database server {where} is out of resources ({detail}); free "
+            "disk space or connections on the server and try again")
+    if code in ("55P03", "40P01", "40001"):
+        return WorkspaceBusy(
+            f"the workspace database {where} stayed locked by another writer ({detail}); "
+            "try again, or raise WorkspaceConfig.busy_timeout")
+    if code.startswith("XX"):
+        return WorkspaceCorrupt(
+            f"the workspace database {where} reports damaged data ({detail}); it was left "
+            "untouched: restore it from a backup")
+    if code.startswith(("57", "58")):
+        return WorkspaceUnreachable(
+            f"the workspace database server {where} stopped serving ({detail}); try again "
+            "once it is back")
+    return None
+
+
 def database_error(location: WorkspaceLocation, exc: BaseException) -> WorkspaceError:
     """One line for a database or file-system failure of the workspace: what happened to
-    which file, and what to do. The file is never touched to recover."""
-    where = (location.database_url.removeprefix("sqlite:///")
-             if location.database_url.startswith("sqlite") else location.database_url)
+    which file (or server, its password hidden), and what to do. Nothing is touched to
+    recover."""
+    url = location.database_url
     detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if url.startswith("postgresql"):
+        where = _shown_url(url)
+        password = sa.engine.make_url(url).password
+        if password:
+            detail = detail.replace(str(password), "***")
+        found = _server_error(where, _sqlstate(exc), detail)
+        if found is not None:
+            return found
+    where = url.removeprefix("sqlite:///") if url.startswith("sqlite") else _shown_url(url)
     text = detail.lower()
     if isinstance(exc, OSError) and exc.errno is not None:
         where = exc.filename or where
@@ -785,6 +936,23 @@ def _insert_metrics_sqlite(conn: Connection, run_id: str, rows: Sequence[MetricR
             _INSERT_METRIC_ONE,
             [(run_id, *flat[i : i + 4]) for i in range(4 * full, len(flat), 4)],
         )
+
+
+def _copy_metrics_postgres(conn: Connection, run_id: str, rows: Sequence[MetricRow]) -> None:
+    """Insert metric points on PostgreSQL with ``COPY ... FROM STDIN`` in the caller's
+    transaction: several times an ``executemany`` of INSERTs. float8 keeps -0.0 itself (no
+    ``negative_zero`` flag); NaN is stored as NULL, as on SQLite."""
+    sql = f"COPY {t.metrics.name} (run_id, key, step, value, wall_time) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(sql) as copy:
+            for key, step, value, wall in rows:
+                copy.write_row((run_id, key, step, None if value != value else value, wall))
+    except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        # As SQLAlchemy wraps the driver's errors (DataError for a step out of range...).
+        raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.dbapi.Error) from None
+    finally:
+        cursor.close()
 
 
 def _escape_like(text: str) -> str:

@@ -20,7 +20,7 @@ def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | Non
     directory). The caller removes the carried folder's parent once the sweep has it."""
     from ..jobs import JobSpec, read_notebook
     from ..jobs._cell import build_job_notebook, carry, free_names
-    from ..jobs._spec import CARRIED_PREFIX, INPUT_NOTEBOOK, SPEC
+    from ..jobs._spec import INPUT_NOTEBOOK, SPEC, carried_area, carried_key
 
     if from_run is not None:  # a run id: its job's input notebook and carried names
         artifacts = backend.artifacts
@@ -30,14 +30,13 @@ def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | Non
         with artifacts.open(from_run, name) as handle:
             nb = nbformat.read(handle, as_version=4)
         _check_swept_names(nb, swept, f"run {from_run}")
-        carried = JobSpec.load(backend, from_run).carried if artifacts.exists(
-            from_run, SPEC) else []
-        if not carried:
+        job = JobSpec.load(backend, from_run) if artifacts.exists(from_run, SPEC) else None
+        if job is None or not job.carried:
             return nb, None, f"run {from_run}", os.getcwd()
         staging = Path(tempfile.mkdtemp(prefix="sweep-", dir=_staging(backend)))
-        for value in carried:
-            artifacts.download(from_run, f"{CARRIED_PREFIX}{value}.pkl",
-                               staging / "carried" / f"{value}.pkl")
+        for value in job.carried:  # the run's own, or its sweep's when it was a trial
+            artifacts.download(*carried_key(job, value), staging / "carried" / f"{value}.pkl",
+                               area=carried_area(job))
         return nb, staging / "carried", f"run {from_run}", os.getcwd()
     if code_or_notebook is None:
         raise InvalidInput("a sweep needs code: a cell, a notebook, or from_run=RUN")

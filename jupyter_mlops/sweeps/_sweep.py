@@ -58,6 +58,9 @@ class SweepSpec:
     # that job only waits for the sweep, so its trials run on its slots, as a %%train child's
     # do, instead of queueing behind them (with one slot that would never end).
     parent_resources: dict[str, Any] | None = None
+    # Names the code reads from the notebook, stored once in the artifact store for all the
+    # trials (``carried/<name>.pkl`` of the sweep), beside its ``base.ipynb``.
+    carried: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         space = parse_space(self.space)
@@ -146,6 +149,7 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
         nbformat.write(notebook, folder / "base.ipynb")
         if carried_from is not None and carried_from.is_dir():
             shutil.copytree(carried_from, folder / "carried", copy_function=link_or_copy)
+        store_sweep_inputs(backend, sweep_id, folder, spec)
         backend.store.create_sweep(sweep_id, name or f"sweep-{sweep_id[2:8]}", experiment,
                                    asdict(spec))
     except BaseException as exc:
@@ -156,6 +160,26 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
     if start:
         start_controller(backend, sweep_id)
     return sweep_id
+
+
+def store_sweep_inputs(backend: Backend, sweep_id: str, folder: Path, spec: SweepSpec) -> None:
+    """Keep the sweep's base notebook and carried names in the artifact store, so that its
+    controller, restarted on another machine, and trials on any node find them there."""
+    spec.carried = sorted(p.stem for p in (folder / "carried").glob("*.pkl"))
+    files = [folder / "base.ipynb", *(folder / "carried" / f"{n}.pkl" for n in spec.carried)]
+    for path in files:
+        backend.artifacts.put_file(sweep_id, path.relative_to(folder).as_posix(), path,
+                                   area="sweeps")
+
+
+def fetch_sweep_inputs(backend: Backend, sweep_id: str, spec: SweepSpec) -> Path:
+    """The sweep's local folder with its base notebook and carried names, fetched from the
+    artifact store unless they are already here (the machine that created the sweep)."""
+    folder = sweep_dir(backend, sweep_id)
+    for rel in ("base.ipynb", *(f"carried/{n}.pkl" for n in spec.carried)):
+        if not (folder / rel).exists():
+            backend.artifacts.download(sweep_id, rel, folder / rel, area="sweeps")
+    return folder
 
 
 def link_or_copy(src: str, dst: str) -> None:
@@ -183,7 +207,8 @@ def sweep_row(backend: Backend, sweep_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no sweep with id {sweep_id!r}")
     return as_read(row, backend.config.lost_after,
-                   reread=lambda: backend.store.get_sweep_row(sweep_id))
+                   reread=lambda: backend.store.get_sweep_row(sweep_id),
+                   now=backend.store.clock())
 
 
 def trial_rows(backend: Backend, sweep_id: str, spec: SweepSpec | None = None
@@ -195,7 +220,8 @@ def trial_rows(backend: Backend, sweep_id: str, spec: SweepSpec | None = None
     """
     spec = spec or SweepSpec(**sweep_row(backend, sweep_id)["spec"])
     store = backend.store
-    rows = [backend.as_read(row) for row in store.sweep_trials(sweep_id)]
+    now = store.clock()
+    rows = [backend.as_read(row, now) for row in store.sweep_trials(sweep_id)]
     summaries = store.metric_summaries([row["id"] for row in rows], spec.metric)
     maximize = spec.goal == "maximize"
     found = []

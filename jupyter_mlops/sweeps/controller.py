@@ -40,7 +40,7 @@ from ..jobs._control import REAP_EVERY
 from ..store import TERMINAL, Backend, new_run_id
 from ._policies import Policy, parse_policy
 from ._space import Param, parse_space
-from ._sweep import SweepSpec, link_or_copy, sweep_dir
+from ._sweep import SweepSpec, fetch_sweep_inputs, link_or_copy
 
 POLL = 0.2
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,7 +104,7 @@ class Controller:
         self.dists: dict[str, BaseDistribution] = {}
         for param in self.space.values():
             self.dists.update(distributions(param))
-        self.folder = sweep_dir(backend, sweep_id)
+        self.folder = fetch_sweep_inputs(backend, sweep_id, self.spec)
         self.base = nbformat.read(self.folder / "base.ipynb", as_version=4)
         # run id -> [optuna trial or None (followed only), last metric row id, stop asked,
         #            steps already reported]
@@ -315,6 +315,7 @@ class Controller:
                 tags=tags, kind="trial", source=spec.source, cwd=spec.cwd,
                 timeout=spec.timeout, kernel_name=spec.kernel_name, target=spec.target,
                 gpus=spec.gpus, run_id=run_id, parent_resources=spec.parent_resources,
+                carried=spec.carried, carried_sweep=self.id if spec.carried else None,
                 fields={"sweep_id": self.id, "trial_number": number})
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL)

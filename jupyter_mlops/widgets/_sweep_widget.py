@@ -532,18 +532,18 @@ class SweepWidget(LiveView, w.VBox):
                  *names, "why it stopped"]
         keys = ["rank", "trial", "status", self.spec.metric, "best", "last step", "duration",
                 *names, ""]
-        th = "padding:3px 10px;text-align:left;white-space:nowrap;border-bottom:1px solid #bbb"
+        th = "padding:3px 8px;text-align:left;white-space:nowrap;border-bottom:1px solid #bbb"
         head = "".join(f"<th style='{th}'>{html.escape(h)}{arrow if k == sort else ''}</th>"
                        for h, k in zip(heads, keys, strict=False))
         best = best_trial(self.rows, self.spec)
         body = []
-        td = "padding:2px 10px;white-space:nowrap;text-align:left"
+        td = "padding:2px 8px;white-space:nowrap;text-align:left"
         for rank, row in self.sorted_rows():
             last_step = row["steps"] - 1 if row["steps"] else None
             reason = row["error"] if row["status"] != "completed" and row["error"] else ""
             reason = reason.removeprefix("pruned: ")  # the status column says so already
             if reason and row["status"] == "pruned" and last_step is not None:
-                reason += f"; it stopped after step {last_step}"
+                reason = f"it stopped after step {last_step}: {reason}"
             star = " ★" if best is not None and row["id"] == best["id"] else ""
             cells = [str(rank), f"{html.escape(row['name'])}{star}",
                      _static.badge(row["status"]),
@@ -554,9 +554,10 @@ class SweepWidget(LiveView, w.VBox):
                      *[_static.fmt(row["params"].get(n)) for n in names]]
             style = " style='background:#fff8e1'" if star else ""
             body.append(f"<tr{style}>" + "".join(f"<td style='{td}'>{c}</td>" for c in cells)
-                        + f"<td style='{td};font-size:90%;max-width:34em;overflow:hidden;"
-                          f"text-overflow:ellipsis' title='{html.escape(reason)}'>"
-                          f"{html.escape(reason)}</td></tr>")
+                        + f"<td style='padding:2px 8px;text-align:left;font-size:90%;"
+                          f"white-space:normal;line-height:1.3;min-width:12em;max-width:26em' "
+                          f"title='{html.escape(reason)}'>"
+                          f"{html.escape(_shortened(reason, REASON_CHARS))}</td></tr>")
         return (f"<table style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>" if body else "<i>no trials yet</i>")
 
@@ -596,7 +597,7 @@ class SweepWidget(LiveView, w.VBox):
                f"by parameter' src='data:image/png;base64,{base64.b64encode(image).decode()}'/>"
                if image else "")
         return (f"<div class='mlops-sweep-static'>{self.header_html(counts)}"
-                f"{self.leaderboard_html()}{img}</div>")
+                f"<div style='overflow-x:auto'>{self.leaderboard_html()}</div>{img}</div>")
 
     def static_text(self) -> str:
         from ..sweeps import summary_lines
@@ -646,6 +647,16 @@ def _bar_style(status: str) -> str:
 def _elapsed(row: dict[str, Any]) -> float:
     start = row.get("started_at") or row.get("created_at") or time.time()
     return (row.get("ended_at") or time.time()) - start
+
+
+REASON_CHARS = 110  # a longer "why it stopped" ends in an ellipsis; the tooltip has it all
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut at a word before ``limit`` characters, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;(") + " …"
 
 
 def _duration(row: dict[str, Any]) -> float | None:

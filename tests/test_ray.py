@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from .conftest import PYTHON, cli, make_notebook, wait_until
+from .test_artifacts_s3 import CREDENTIALS, s3_endpoint, s3_keys, s3_ws  # noqa: F401
 
 # Not imported here: Ray reads its authentication settings when first imported, and the
 # fixture sets them (a token of its own) before that.
@@ -116,8 +117,11 @@ def ray_cluster() -> Iterator[str]:
     token = Path(temp_dir) / "token"
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    saved = {k: os.environ.get(k) for k in [*auth, "RAY_ADDRESS"]}
+    saved = {k: os.environ.get(k) for k in [*auth, *CREDENTIALS, "RAY_ADDRESS"]}
     os.environ.update(auth)
+    # The nodes' own S3 credentials (moto's), as a cluster's nodes would have theirs: the
+    # workspace location itself (URLs, endpoint) comes from the submitter with each run.
+    os.environ.update(CREDENTIALS)
     if "ray" in sys.modules:  # imported earlier in this process: make it read them again
         from ray._private.authentication_test_utils import reset_auth_token_state
 
@@ -290,6 +294,23 @@ def test_sweep_and_cli_run_on_ray(ray_ws, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     run = ray_ws.get_run("cli-ray")
     assert run.info()["target"] == "ray" and run.metrics()["score"] == 10
+
+
+def test_a_ray_job_with_artifacts_on_s3(ray_cluster, s3_ws) -> None:  # noqa: F811
+    """Artifacts only on S3 (moto's server mode, the only S3-compatible server installable
+    here): the job on Ray gets the workspace location (artifact URL and endpoint) from the
+    submitter and writes its outputs there, never to the local folder (the fixture checks).
+    Its inputs (cell notebook, carried names) are in S3 too, where a job on another node
+    fetches them; on this one machine it may find them already staged."""
+    ws = s3_ws["ws"]
+    run = ws.submit("import jupyter_mlops as mlops\nmlops.log('k', k * 2)\n"
+                    "(mlops.outputs_dir() / 'out.txt').write_text(str(k))",
+                    name="ray-s3", target="ray", namespace={"k": 21})
+    assert run.wait(timeout=180).status == "completed", run.info()["error"]
+    assert run.metrics()["k"] == 42
+    keys = s3_keys(s3_ws["endpoint"], s3_ws["prefix"])
+    assert f"{s3_ws['prefix']}/runs/{run.id}/outputs/out.txt" in keys
+    assert f"{s3_ws['prefix']}/runs/{run.id}/job/carried/k.pkl" in keys
 
 
 def test_unreachable_cluster_says_what_to_do(ws, monkeypatch) -> None:

@@ -308,7 +308,8 @@ def test_one_gpu_per_trial_on_four_simulated_gpus(ws, monkeypatch) -> None:
                      concurrency=6, gpus=1, namespace={}, seed=0, name="gpus")
     sweep.wait(timeout=300)
     rows = sweep.trial_rows()
-    assert all(r["status"] == "completed" for r in rows)
+    assert all(r["status"] == "completed" for r in rows), [
+        (r["name"], r["status"], r["error"]) for r in rows]
     assert _intervals_overlap(rows) <= 4
     devices = {r["id"]: r["resources"]["cuda_visible_devices"] for r in rows}
     assert set(devices.values()) <= {"0", "1", "2", "3"}

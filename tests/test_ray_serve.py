@@ -16,6 +16,7 @@ import pytest
 
 from ._ray_cluster import ray_cluster  # noqa: F401
 from .conftest import cli, wait_until
+from .test_artifacts_s3 import s3_endpoint, s3_ws  # noqa: F401
 
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
     pytest.skip("Ray Serve is not installed (pip install 'jupyter-mlops[ray]')",
@@ -47,13 +48,25 @@ def run(raw_data):
 """
 
 
+def _with_model(ws, folder: Path):
+    (folder / "weight.txt").write_text("3")
+    (folder / "score.py").write_text(ENTRY)
+    (folder / "broken.py").write_text(FAILING)
+    ws.models.register("scale", folder / "weight.txt")
+    return ws
+
+
 @pytest.fixture
 def model_ws(ray_cluster: str, ws, tmp_path: Path):  # noqa: F811
-    (tmp_path / "weight.txt").write_text("3")
-    (tmp_path / "score.py").write_text(ENTRY)
-    (tmp_path / "broken.py").write_text(FAILING)
-    ws.models.register("scale", tmp_path / "weight.txt")
-    return ws
+    return _with_model(ws, tmp_path)
+
+
+@pytest.fixture
+def s3_model_ws(ray_cluster: str, s3_ws):  # noqa: F811
+    """Artifacts only on S3 (moto's server mode, the only S3-compatible server installable
+    here): the replicas can get the model from nowhere but the artifact store."""
+    _with_model(s3_ws["ws"], s3_ws["tmp"])
+    return s3_ws
 
 
 def _post(url: str, body: dict, key: str | None) -> tuple[int, dict]:
@@ -79,10 +92,11 @@ def _applications() -> dict:
     return serve.status().applications
 
 
-def test_an_endpoint_with_two_replicas_end_to_end(model_ws) -> None:
+def test_an_endpoint_with_two_replicas_end_to_end(s3_model_ws) -> None:
     from jupyter_mlops.api import ScoringError
 
-    endpoint = model_ws.deploy("scale", "score.py", name="scale-api", target="ray",
+    ws = s3_model_ws["ws"]
+    endpoint = ws.deploy("scale", "score.py", name="scale-api", target="ray",
                                replicas=2, cores=0.5)
     assert endpoint.status == "ready"
     assert endpoint.url.startswith("http://127.0.0.1:") and endpoint.url.endswith(endpoint.id)
@@ -102,6 +116,8 @@ def test_an_endpoint_with_two_replicas_end_to_end(model_ws) -> None:
         return len(pids) == 2
 
     wait_until(both_served, timeout=120, what="both replicas to answer")
+    # No copy of the model beside the workspace: each replica fetched it from S3.
+    assert not list((s3_model_ws["dir"] / "endpoints").glob("*/rev-*"))
     sent = 0
     while sent < 10:  # a few more, for the figures
         assert endpoint.score({"x": sent})["y"] == 3.0 * sent

@@ -95,23 +95,36 @@ def _applications() -> dict:
 def test_an_endpoint_with_two_replicas_end_to_end(s3_model_ws) -> None:
     from jupyter_mlops.api import ScoringError
 
-    ws = s3_model_ws["ws"]
-    endpoint = ws.deploy("scale", "score.py", name="scale-api", target="ray",
-                               replicas=2, cores=0.5)
+    """``%%deploy --target ray --replicas 2``: the cell is the entry script and the name it
+    reads from the notebook (``offset``) travels to the replicas with it."""
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_mlops")
+    shell.user_ns["offset"] = 0.5
+    try:
+        endpoint = shell.run_cell_magic(
+            "deploy", "scale --name scale-api --target ray --replicas 2 --cores 0.5",
+            ENTRY.replace("WEIGHT * json", "offset + WEIGHT * json"))
+    finally:
+        shell.user_ns.pop("offset", None)
     assert endpoint.status == "ready"
     assert endpoint.url.startswith("http://127.0.0.1:") and endpoint.url.endswith(endpoint.id)
     info = endpoint.to_dict()
     assert info["config"]["target"] == "ray" and info["config"]["replicas"] == 2
+    assert info["config"]["carried"] == ["offset"]
     app = info["config"]["app"]
     deployments = _applications()[app].deployments
     assert deployments["score"].status == "HEALTHY"
 
     # Both replicas serve: keep scoring until two processes have answered.
     pids: set[int] = set()
+    calls = []
 
     def both_served() -> bool:
+        calls.append(1)
         answer = endpoint.score({"x": 2})
-        assert answer["y"] == 6.0  # the model's file, fetched by the replica, is used
+        assert answer["y"] == 6.5  # the model's file (fetched by the replica) and offset
         pids.add(answer["pid"])
         return len(pids) == 2
 
@@ -120,7 +133,7 @@ def test_an_endpoint_with_two_replicas_end_to_end(s3_model_ws) -> None:
     assert not list((s3_model_ws["dir"] / "endpoints").glob("*/rev-*"))
     sent = 0
     while sent < 10:  # a few more, for the figures
-        assert endpoint.score({"x": sent})["y"] == 3.0 * sent
+        assert endpoint.score({"x": sent})["y"] == 0.5 + 3.0 * sent
         sent += 1
 
     # The key is required (Serve's proxy passes the header to the same app as locally).
@@ -129,16 +142,21 @@ def test_an_endpoint_with_two_replicas_end_to_end(s3_model_ws) -> None:
     status, body = _post(endpoint.scoring_url, {"x": 1}, key="not-the-key")
     assert status == 401
     status, body = _post(endpoint.scoring_url, {"x": 1}, key=endpoint.key)
-    assert status == 200 and body["y"] == 3.0
+    assert status == 200 and body["y"] == 3.5
 
     # Each replica's init() output and its request figures reach the store.
     wait_until(lambda: endpoint.logs().count("init done in") >= 2, timeout=60,
                what="both replicas' init() output in the endpoint's log")
-    stats = wait_until(lambda: (endpoint.stats.get("requests") or 0) >= len(pids) + 11
-                       and endpoint.stats, timeout=60, what="the figures in the store")
-    assert stats["errors"] >= 2 and stats["p50"] is not None  # the two 401s
+    sent += len(calls) + 3  # and the three sent without the client
+    stats = wait_until(lambda: endpoint.stats.get("requests") == sent
+                       and endpoint.stats.get("errors") == 2 and endpoint.stats,
+                       timeout=60, what=f"{sent} requests, 2 of them refused, in the store")
+    assert stats["p99"] >= stats["p50"] > 0
     assert len(stats["replicas"]) == 2
-    assert endpoint.widget() is not None  # the widget reads the same row
+    widget = endpoint.widget(start=False)  # the widget reads the same row and log
+    text = widget.static_text()
+    assert text.startswith("endpoint scale-api ready") and endpoint.scoring_url in text
+    assert f"{sent} requests, 2 errors" in text and "init done in" in widget.log_tail
 
     endpoint.delete()
     assert endpoint.status == "stopped"

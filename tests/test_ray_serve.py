@@ -194,6 +194,7 @@ def test_bad_ray_deploy_flags_are_refused_before_anything_starts(ws, tmp_path) -
         ({"target": "ray", "min_replicas": 3, "max_replicas": 2}, "min <= max"),
         ({"target": "ray", "replicas": 4, "max_replicas": 2}, "must lie within"),
         ({"target": "ray", "port": 8123}, "do not apply to --target ray"),
+        ({"target": "ray", "min_replicas": 0}, "from 1 to 64"),
         ({"target": "kubernetes"}, "endpoints run on 'local'"),
     ]
     for options, message in cases:

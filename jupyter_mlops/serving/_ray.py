@@ -64,13 +64,14 @@ def check_scaling(replicas: int, min_replicas: int | None, max_replicas: int | N
         return None
     for flag, value in (("--min-replicas", min_replicas), ("--max-replicas", max_replicas)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 0 <= value <= 64):
-            raise InvalidInput(f"{flag} takes a whole number from 0 to 64, got {value!r}")
-    low = 0 if min_replicas is None else min_replicas
-    high = max(replicas, low, 1) if max_replicas is None else max_replicas
-    if high < 1 or low > high:
+                                  or not 1 <= value <= 64):
+            # Not 0: replicas report the endpoint alive, so none would read as lost.
+            raise InvalidInput(f"{flag} takes a whole number from 1 to 64, got {value!r}")
+    low = 1 if min_replicas is None else min_replicas
+    high = max(replicas, low) if max_replicas is None else max_replicas
+    if low > high:
         raise InvalidInput(f"--min-replicas {low} and --max-replicas {high}: the bounds must "
-                           "satisfy min <= max and max >= 1")
+                           "satisfy min <= max")
     if not low <= replicas <= high:
         raise InvalidInput(f"--replicas {replicas} (where autoscaling starts) must lie within "
                            f"--min-replicas {low} and --max-replicas {high}")
@@ -134,14 +135,18 @@ def deploy_on_ray(backend: Backend, endpoint_id: str, *, name: str, content: dic
                                   f"{content['model_name']}:{content['model_version']}",
                                   files, settings)
     try:
+        # The private form that does not block: the store is watched meanwhile, where a
+        # replica whose init() failed says so at once (Serve would retry it first).
         serve._run(application, _blocking=False, name=app_name(endpoint_id),
                    route_prefix=route)
         problem = _wait_running(serve, backend, endpoint_id, timeout)
-    except BaseException as exc:
+    except Exception as exc:
         problem = f"Ray Serve refused the application: {exc}"
-        if not isinstance(exc, Exception):
-            _delete_app(serve, endpoint_id)
-            raise
+    except BaseException:  # interrupted: nothing may stay half-started
+        _delete_app(serve, endpoint_id)
+        backend.endpoints.set_status(endpoint_id, "failed",
+                                     error="interrupted while the replicas started")
+        raise
     if problem is None:
         backend.endpoints.set_status(endpoint_id, "ready", served_revision=1, error=None)
         return
@@ -253,8 +258,8 @@ class ScoringReplica:
             self.log.line(f"endpoint: replica {self.replica} failed to start")
             self.log.close()
             tail = "\n".join(self.log.tail)
-            backend.endpoints.set_status(
-                endpoint_id, "failed",
+            backend.endpoints.set_status(  # a replica failing later leaves the others be
+                endpoint_id, "failed", only_from=("starting",),
                 error=f"init() failed on a Ray Serve replica: "
                       f"{detail.strip().splitlines()[-1]}\n--- endpoint log (last lines) ---\n"
                       f"{tail}")

@@ -166,6 +166,28 @@ def test_an_endpoint_with_two_replicas_end_to_end(s3_model_ws) -> None:
     assert refused.value.status in (0, 404)  # the proxy no longer routes it
 
 
+def test_cli_deploy_with_autoscaling_bounds_outlives_the_deploying_process(model_ws) -> None:
+    """``jupyter mlops deploy --target ray --min-replicas 1 --max-replicas 2``: Serve gets the
+    bounds, the endpoint serves after the CLI has exited, and the CLI deletes it."""
+    from ray.serve.context import _get_global_client
+
+    out = cli("deploy", "scale", "--entry", "score.py", "--name", "auto", "--target", "ray",
+              "--min-replicas", "1", "--max-replicas", "2", "--cores", "0.5", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["status"] == "ready" and shown["key"]
+    endpoint = model_ws.get_endpoint("auto")
+    assert endpoint.score({"x": 4})["y"] == 12.0
+    details = _get_global_client().get_serve_details()
+    config = details["applications"][shown["config"]["app"]]["deployments"]["score"][
+        "deployment_config"]["autoscaling_config"]
+    assert (config["min_replicas"], config["max_replicas"]) == (1, 2)
+
+    gone = cli("endpoints", "delete", "auto")
+    assert gone.returncode == 0 and "stopped" in gone.stdout, gone.stdout + gone.stderr
+    assert shown["config"]["app"] not in _applications()
+
+
 def test_a_failing_init_ends_failed_with_the_reason_and_nothing_running(model_ws) -> None:
     """Through the CLI, with autoscaling bounds: Serve accepts them, the replica's init()
     raises, the endpoint is ``failed`` with the reason, and its application is gone."""

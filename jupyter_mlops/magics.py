@@ -246,7 +246,13 @@ class MlopsMagics(Magics):
     @argument("--port", type=int, default=0, help="default: a free port")
     @argument("--cores", type=float, default=1)
     @argument("--memory", default=None, help="address-space limit per worker, e.g. 2G")
-    @argument("--replicas", type=int, default=1, help="worker processes")
+    @argument("--replicas", type=int, default=1,
+              help="worker processes (ray: Serve replicas, where autoscaling starts)")
+    @argument("--target", default=None, help="local (default) or ray (Ray Serve)")
+    @argument("--min-replicas", dest="min_replicas", type=int, default=None,
+              help="ray: autoscaling lower bound")
+    @argument("--max-replicas", dest="max_replicas", type=int, default=None,
+              help="ray: autoscaling upper bound")
     @argument("--no-auth", dest="no_auth", action="store_true",
               help="no key (only on a loopback address)")
     @line_cell_magic
@@ -260,7 +266,8 @@ class MlopsMagics(Magics):
                 args.model, args.entry, entry_source=cell,
                 namespace=self.shell.user_ns if cell is not None else None, name=args.name,
                 host=args.host, port=args.port, cores=args.cores, memory=args.memory,
-                replicas=args.replicas, auth=not args.no_auth)
+                replicas=args.replicas, auth=not args.no_auth, target=args.target,
+                min_replicas=args.min_replicas, max_replicas=args.max_replicas)
         except MlopsError as exc:
             raise UsageError(str(exc)) from None
         self.shell.user_ns["_endpoint"] = endpoint

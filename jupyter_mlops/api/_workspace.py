@@ -446,21 +446,25 @@ class Workspace:
                host: str = "127.0.0.1", port: int = 0, cores: float = 1,
                memory: str | int | None = None, replicas: int = 1, auth: bool = True,
                namespace: dict[str, Any] | None = None, wait: bool = True,
-               timeout: float = 300.0) -> Endpoint:
+               timeout: float = 300.0, target: str | None = None,
+               min_replicas: int | None = None, max_replicas: int | None = None) -> Endpoint:
         """Serve a registered model (``"digits"``, ``"digits:3"``, ``"digits@production"``
         or a ``Model``) over HTTP from an entry script with ``init()`` and ``run(raw_data)``
         (a path, or ``entry_source``; default: chosen by the model's files). Deploying a
         name that is served already swaps it, without failed requests. Returns the
         ``Endpoint`` once it serves (``wait=False``: at once). With ``entry_source`` and
         ``namespace`` (``%%deploy``), the names the script reads from the notebook are
-        carried to the server as ``%%train`` carries them."""
+        carried to the server as ``%%train`` carries them. ``target="ray"`` serves it on
+        Ray Serve: ``replicas`` replicas across the cluster, or autoscaled between
+        ``min_replicas`` and ``max_replicas`` (default target: as for runs)."""
         from ..serving import deploy, wait_served
         from ._endpoint import Endpoint
 
         endpoint_id, revision, _key = deploy(
             self.backend, _ref(model), entry=entry, entry_source=entry_source, name=name,
             host=host, port=port, cores=cores, memory=memory, replicas=replicas, auth=auth,
-            namespace=namespace)
+            namespace=namespace, target=target, min_replicas=min_replicas,
+            max_replicas=max_replicas)
         if wait:
             wait_served(self.backend, endpoint_id, revision, timeout)
         return Endpoint(self, endpoint_id)

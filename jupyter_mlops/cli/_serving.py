@@ -14,7 +14,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     endpoint = open_workspace().deploy(
         args.model, args.entry, name=args.name, host=args.host, port=args.port,
         cores=args.cores, memory=args.memory, replicas=args.replicas, auth=not args.no_auth,
-        wait=args.wait)
+        wait=args.wait, target=args.target, min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas)
     if args.json:
         print(dump_json({**endpoint.to_dict(), "key": endpoint.key}))
         return 0
@@ -86,7 +87,11 @@ def add_commands(sub: Any) -> None:
     deploy.add_argument("--port", type=int, default=0, help="default: a free port")
     deploy.add_argument("--cores", type=float, default=1)
     deploy.add_argument("--memory", help="address-space limit per worker, e.g. 2G")
-    deploy.add_argument("--replicas", type=int, default=1, help="worker processes")
+    deploy.add_argument("--replicas", type=int, default=1,
+                        help="worker processes (ray: Serve replicas, where autoscaling starts)")
+    deploy.add_argument("--target", help="local (default) or ray (Ray Serve)")
+    deploy.add_argument("--min-replicas", type=int, help="ray: autoscaling lower bound")
+    deploy.add_argument("--max-replicas", type=int, help="ray: autoscaling upper bound")
     deploy.add_argument("--no-auth", action="store_true",
                         help="no key (refused unless bound to a loopback address)")
     deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,

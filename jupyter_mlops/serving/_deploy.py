@@ -131,8 +131,6 @@ def _prepare(backend: Backend, endpoint_id: str, model: Any, entry_name: str,
     """A new revision folder: ``model/`` (the model's files), ``entry.py`` and, for a
     ``%%deploy`` cell, ``carried/`` (the names it reads from the notebook, as ``%%train``
     carries them). Returns the folder and the carried names."""
-    from ..jobs._cell import bound_names, carry, free_names
-
     folder = (backend.location.directory / "endpoints" / endpoint_id
               / f"rev-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True)
@@ -141,19 +139,29 @@ def _prepare(backend: Backend, endpoint_id: str, model: Any, entry_name: str,
             model.download(folder / "model")
         else:
             model.download(str(folder / "model") + os.sep)
-        prelude, carried = "", []
-        if namespace is not None:
-            names = [n for n in free_names(source) if n not in bound_names(source)]
-            plan = carry(names, namespace, folder / "carried")
-            carried = sorted(plan.values)
-            prelude = "".join(line + "\n" for line in plan.imports)
-            if carried:
-                prelude += CARRY_PRELUDE.format(names=carried)
-        (folder / "entry.py").write_text(prelude + source, encoding="utf-8")
+        carried = _write_entry(folder, source, namespace)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return folder, carried
+
+
+def _write_entry(folder: Path, source: str, namespace: Mapping[str, Any] | None
+                 ) -> list[str]:
+    """``entry.py`` and, for a ``%%deploy`` cell, ``carried/`` in ``folder``; returns the
+    carried names."""
+    from ..jobs._cell import bound_names, carry, free_names
+
+    prelude, carried = "", []
+    if namespace is not None:
+        names = [n for n in free_names(source) if n not in bound_names(source)]
+        plan = carry(names, namespace, folder / "carried")
+        carried = sorted(plan.values)
+        prelude = "".join(line + "\n" for line in plan.imports)
+        if carried:
+            prelude += CARRY_PRELUDE.format(names=carried)
+    (folder / "entry.py").write_text(prelude + source, encoding="utf-8")
+    return carried
 
 
 # Put at the top of a %%deploy cell's script: the notebook names it reads, restored.
@@ -171,12 +179,29 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
            entry_source: str | None = None, name: str | None = None,
            host: str = "127.0.0.1", port: int = 0, cores: float = 1,
            memory: str | int | None = None, replicas: int = 1, auth: bool = True,
-           namespace: Mapping[str, Any] | None = None) -> tuple[str, int, str | None]:
+           namespace: Mapping[str, Any] | None = None, target: str | None = None,
+           min_replicas: int | None = None, max_replicas: int | None = None
+           ) -> tuple[str, int, str | None]:
     """Serve ``model``; returns ``(endpoint_id, revision, key)`` at once (the key is None
     for a redeploy, which keeps the endpoint's key, or without auth). Wait with
-    ``wait_served``."""
+    ``wait_served``. On ``target="ray"`` it returns once Ray Serve serves it (``_ray``),
+    with ``replicas`` replicas, or autoscaled within ``min_replicas``..``max_replicas``."""
+    from ..compute import default_target
+    from ._ray import check_scaling
+
     _check_numbers(cores, replicas, port)
     limit = parse_memory(memory)
+    target = target or default_target()
+    if target not in ("local", "ray"):
+        raise InvalidInput(f"--target {target!r}: endpoints run on 'local' (a server process "
+                           "on this machine) or 'ray' (Ray Serve)")
+    autoscaling = check_scaling(replicas, min_replicas, max_replicas)
+    if target == "local" and autoscaling is not None:
+        raise InvalidInput("--min-replicas/--max-replicas (autoscaling) need --target ray; "
+                           "locally, --replicas sets a fixed number of workers")
+    if target == "ray" and (port or host != "127.0.0.1"):
+        raise InvalidInput("--host/--port do not apply to --target ray: Ray Serve's HTTP "
+                           "proxy serves every endpoint (c.RayServing.http_host)")
     if not is_loopback(host) and not auth:
         raise InvalidInput(f"serving on {host} without a key would let anyone who reaches "
                            "this machine call run(); keep auth on, or bind 127.0.0.1")
@@ -194,6 +219,9 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
     live = [row for row in backend.endpoints.list(status=ENDPOINT_ACTIVE)
             if row["name"] == name and backend.endpoint_as_read(row)["status"] in
             ENDPOINT_ACTIVE]
+    if live and "ray" in (target, live[0]["config"].get("target", "local")):
+        raise Conflict(f"endpoint {name!r} is served already; redeploying onto or from Ray "
+                       "Serve is not supported: delete it first, or pick another --name")
     if live:  # a redeploy: the running server swaps to the new revision
         current = live[0]
         folder, carried = _prepare(backend, current["id"], version, entry_name, source,
@@ -204,12 +232,14 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
         return current["id"], revision, None
 
     endpoint_id = new_run_id()
-    folder, carried = _prepare(backend, endpoint_id, version, entry_name, source, namespace)
     key = secrets.token_urlsafe(32) if auth else None
+    if target == "ray":
+        return endpoint_id, 1, _deploy_ray(
+            backend, endpoint_id, name, version, source, namespace, key, content, config,
+            cores=cores, memory=limit, replicas=replicas, autoscaling=autoscaling)
+    folder, carried = _prepare(backend, endpoint_id, version, entry_name, source, namespace)
     if key is not None:
-        key_file = folder.parent / KEY_FILE
-        key_file.touch(mode=0o600)
-        key_file.write_text(key)
+        _write_key(folder.parent, key)
     sock = _bind(host, port)
     try:
         bound = sock.getsockname()[1]
@@ -234,6 +264,35 @@ def deploy(backend: Backend, model: str, *, entry: str | os.PathLike[str] | None
         sock.close()  # the server holds its own copy
     _capture_environment_later(backend, endpoint_id)
     return endpoint_id, 1, key
+
+
+def _write_key(folder: Path, key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / KEY_FILE
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+
+
+def _deploy_ray(backend: Backend, endpoint_id: str, name: str, version: Any, source: str,
+                namespace: Mapping[str, Any] | None, key: str | None,
+                content: dict[str, Any], config: dict[str, Any], **scale: Any) -> str | None:
+    """The entry script (and carried names) travel with the deployment; the replicas
+    fetch the model from the artifact store themselves."""
+    import tempfile
+
+    from ._ray import carried_files, deploy_on_ray
+
+    with tempfile.TemporaryDirectory(prefix="mlops-deploy-") as scratch:
+        carried = _write_entry(Path(scratch), source, namespace)
+        files = carried_files(Path(scratch))
+    if key is not None:
+        _write_key(backend.location.directory / "endpoints" / endpoint_id, key)
+    deploy_on_ray(backend, endpoint_id, name=name, content=content,
+                  config={**config, "carried": carried},
+                  key_hash=hashlib.sha256(key.encode()).hexdigest() if key else None,
+                  files=files, **scale)
+    _capture_environment_later(backend, endpoint_id)
+    return key
 
 
 def _capture_environment_later(backend: Backend, endpoint_id: str) -> None:
@@ -275,6 +334,11 @@ def stop(backend: Backend, endpoint_id: str, grace: float = 30.0) -> None:
     row = backend.endpoints.get(endpoint_id)
     if row is None:
         raise NotFound(f"no endpoint with id {endpoint_id!r}")
+    if row["config"].get("target") == "ray":
+        from ._ray import stop_on_ray
+
+        stop_on_ray(backend, endpoint_id)
+        return
     if row["status"] in ENDPOINT_ACTIVE:
         backend.endpoints.request_stop(endpoint_id)
         deadline = time.monotonic() + grace

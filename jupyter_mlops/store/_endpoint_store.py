@@ -93,6 +93,28 @@ class EndpointStore:
             raise NotFound(f"no endpoint with id {endpoint_id!r}")
         return dict(row._mapping)
 
+    def replica_stats(self, endpoint_id: str, replica: str, snapshot: dict[str, Any]
+                      ) -> None:
+        """Merge one replica's request figures into the endpoint's (Ray Serve: each replica
+        reports its own); also its heartbeat. Totals are summed, latencies the worst."""
+        fields: dict[str, Any] = {"heartbeat_at": time.time()}
+        self.store.stamp_heartbeat(fields)
+        with self.store.write() as conn:
+            row = conn.execute(sa.select(t.endpoints.c.stats)
+                               .where(t.endpoints.c.id == endpoint_id)
+                               .with_for_update()).first()
+            if row is None:
+                return
+            replicas = {**((row[0] or {}).get("replicas") or {}), replica: snapshot}
+            latencies = {k: [s[k] for s in replicas.values() if s.get(k) is not None]
+                         for k in ("p50", "p99")}
+            stats = {"requests": sum(s.get("requests") or 0 for s in replicas.values()),
+                     "errors": sum(s.get("errors") or 0 for s in replicas.values()),
+                     **{k: max(v) if v else None for k, v in latencies.items()},
+                     "workers": len(replicas), "replicas": replicas}
+            conn.execute(t.endpoints.update().where(t.endpoints.c.id == endpoint_id)
+                         .values(stats=stats, **fields))
+
     def get(self, endpoint_id: str) -> dict[str, Any] | None:
         with self.store.read() as conn:
             row = conn.execute(sa.select(t.endpoints)

@@ -23,9 +23,9 @@ from .test_artifacts_s3 import CREDENTIALS, s3_endpoint, s3_keys, s3_ws  # noqa:
 
 # Not imported here: Ray reads its authentication settings when first imported, and the
 # fixture sets them (a token of its own) before that.
+# The test extra installs Ray: a missing one is a broken install, not a reason to skip.
 if importlib.util.find_spec("ray") is None:
-    pytest.skip("Ray is not installed (pip install 'jupyter-mlops[ray]')",
-                allow_module_level=True)
+    raise ImportError("Ray is not installed: pip install -e '.[test]'")
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -18,9 +18,9 @@ from ._ray_cluster import ray_cluster  # noqa: F401
 from .conftest import cli, wait_until
 from .test_artifacts_s3 import s3_endpoint, s3_ws  # noqa: F401
 
+# The test extra installs Ray Serve: a missing one is a broken install, not a reason to skip.
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
-    pytest.skip("Ray Serve is not installed (pip install 'jupyter-mlops[ray]')",
-                allow_module_level=True)
+    raise ImportError("Ray Serve is not installed: pip install -e '.[test]'")
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -52,6 +52,7 @@ def _gone(pid: int) -> bool:
 
 
 def _family(pid: int) -> list[int]:
+    assert pid is not None  # psutil.Process(None) would be this very process
     try:
         root = psutil.Process(pid)
         return [pid, *(c.pid for c in root.children(recursive=True))]
@@ -185,6 +186,8 @@ def test_kill9_agent_jobs_go_on_and_a_new_agent_takes_over(warm, ws, tmp_path):
     running = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="running")  # warm
     queued = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="queued")  # one CPU slot
     wait_until(lambda: "started" in running.logs(), 120, "the first run to start")
+    # The second run waits in the agent for the next warm process, then in it for the slot.
+    wait_until(lambda: queued.info()["pid"], 120, "the second run to be handed a process")
     assert queued.info()["status"] == "queued"
     agent = _agent_pids(warm)[0]
     handed = {running.info()["pid"], queued.info()["pid"]}
@@ -220,6 +223,9 @@ def test_kill9_of_every_job_process_makes_runs_lost_without_readers(warm, ws_dir
     store = Backend.open(ws_dir).store  # raw rows: reading them repairs nothing
     wait_until(lambda: store.get_run_row(ids[0])["status"] == "running"
                or store.get_run_row(ids[1])["status"] == "running", 120, "a run to start")
+    # The other may still wait in the agent for a warm process: until it has its own.
+    wait_until(lambda: all(store.get_run_row(i)["pid"] for i in ids), 120,
+               "both runs to have a job process")
     victims = [s.pid for s in submitters]
     for run_id in ids:
         victims += _family(store.get_run_row(run_id)["pid"])

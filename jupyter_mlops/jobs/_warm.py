@@ -140,10 +140,12 @@ def wait_for_run() -> tuple[str, WarmKernel] | None:
         return None  # the agent died before the signal was armed
     ready_fd = int(os.environ.pop(ENV_READY_FD, "-1"))
     from .._environment import capture_environment
+    from . import _forkserver
     from ._execute import _kernel_manager, _start_kernel
 
     km = _kernel_manager("python3")
     km.client_factory = _quick_ready_client()  # papermill's client, for the run
+    seeded = _forkserver.prepare_seeded_kernel(km)  # forked by the fork server: fork it
     _start_kernel(km, None)
     modules = [m for m in os.environ.get(ENV_PRELOAD_CODE, "").split(",") if m]
     started = time.monotonic()
@@ -151,11 +153,13 @@ def wait_for_run() -> tuple[str, WarmKernel] | None:
         _run_silently(km, "; ".join(f"import {m}" for m in modules) or "pass")
     except Exception as exc:  # a missing module: the run will say so itself, when it imports it
         warn(f"jupyter-mlops: warm kernel: preloading {modules} failed: {exc}", sys.stdout)
-    warm = WarmKernel(km, os.environ.get("CUDA_VISIBLE_DEVICES", ""), capture_environment())
+    warm = WarmKernel(km, os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                      _forkserver.environment or capture_environment())
     _warm_papermill()
     print(f"warm job process {os.getpid()} ready in {time.monotonic() - started:.2f} s "
-          f"(CUDA_VISIBLE_DEVICES={warm.cuda_visible_devices!r}, preload {modules})",
-          flush=True)
+          f"(CUDA_VISIBLE_DEVICES={warm.cuda_visible_devices!r}, preload {modules}"
+          f"{', forked' if _forkserver.forked else ''}"
+          f"{', kernel forked' if seeded else ''})", flush=True)
     if ready_fd >= 0:  # tell the agent: only now may it hand us a run
         os.write(ready_fd, b"r")
         os.close(ready_fd)
@@ -172,4 +176,7 @@ def _warm_papermill() -> None:
     import nbformat
     import papermill  # noqa: F401
 
+    from ._execute import register_engine
+
     nbformat.validate(nbformat.v4.new_notebook())
+    register_engine()

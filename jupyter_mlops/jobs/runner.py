@@ -1,7 +1,8 @@
 """The job process: ``python -m jupyter_mlops.jobs.runner RUN_ID``.
 
 Started detached (its own session) so it outlives the notebook or shell that submitted it;
-or ahead of time by the agent (``--warm``), which then writes the run id on its stdin.
+or ahead of time by the agent (``--warm``), which then writes the run id on its stdin; or,
+forked, by the agent's fork server (``--forkserver``, see ``_forkserver``).
 It opens the workspace given in its environment, never one found from its working folder.
 """
 
@@ -18,8 +19,13 @@ from ._spec import JobSpec
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m jupyter_mlops.jobs.runner RUN_ID|--warm", file=sys.stderr)
+        print("usage: python -m jupyter_mlops.jobs.runner RUN_ID|--warm|--forkserver",
+              file=sys.stderr)
         return 2
+    if argv[0] == "--forkserver":  # the agent's fork server of warm job processes
+        from ._forkserver import serve
+
+        return serve()
     backend = Backend.open()
     warm = None
     if argv[0] == "--warm":  # started ahead of time by the agent; it sends the run id

@@ -42,7 +42,9 @@ from ._policies import Policy, parse_policy
 from ._space import Param, parse_space
 from ._sweep import SweepSpec, fetch_sweep_inputs, link_or_copy
 
-POLL = 0.2
+POLL = 0.05  # seconds between two rounds while trials are short: a freed slot is refilled
+POLL_SLOW = 0.2  # ... once no trial has been submitted for SHORT_TRIALS seconds
+SHORT_TRIALS = 10.0
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -115,7 +117,7 @@ class Controller:
         self.to_retry: list[tuple[dict[str, Any], str]] = []  # (params, failed run id)
         self.next_number = 0
         self.canceling = False
-        self.last_beat = self.last_reap = 0.0
+        self.last_beat = self.last_reap = self.last_submit = 0.0
         self.grid: list[dict[str, Any]] = []
         if self.spec.sampler == "grid":
             names = list(self.space)
@@ -200,7 +202,7 @@ class Controller:
                 failing = str(exc)
                 time.sleep(1.0)
                 continue
-            time.sleep(POLL)
+            time.sleep(POLL if time.time() - self.last_submit < SHORT_TRIALS else POLL_SLOW)
         status = "canceled" if self.canceling else "completed"
         store.set_sweep_status(self.id, status, only_from=("running",),
                                error="canceled by request" if self.canceling else None)
@@ -322,6 +324,7 @@ class Controller:
             shutil.rmtree(self.backend.staging_dir(run_id), ignore_errors=True)
             raise
         self.active[run_id] = [trial, 0, False, set()]
+        self.last_submit = time.time()
         return run_id
 
 

@@ -78,8 +78,9 @@ def ensure_agent(backend: Backend, paths: AgentPaths) -> dict[str, Any]:
                                f"see {paths.log}")
 
 
-def hand_off(backend: Backend, run_id: str, gpus: int) -> int:
-    """Give the ``queued`` run to this host's agent; returns the pid of its job process.
+def hand_off(backend: Backend, run_id: str, gpus: int) -> int | None:
+    """Give the ``queued`` run to this host's agent; returns the pid of its job process, or
+    None while the run waits in the agent for a warm process that is booting.
 
     Raises ``AgentUnavailable`` if no agent could take it (the caller starts it cold). A
     run the agent took before a connection broke is not handed twice: the agent records
@@ -99,5 +100,5 @@ def hand_off(backend: Backend, run_id: str, gpus: int) -> int:
             continue
         if not answer.get("ok"):
             raise AgentUnavailable(f"the agent refused run {run_id}: {answer.get('error')}")
-        return int(answer["pid"])
+        return None if answer.get("pid") is None else int(answer["pid"])
     raise AgentUnavailable(f"could not hand run {run_id} to the agent: {last}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import socket
 import struct
 import sys
@@ -19,8 +20,14 @@ def set_parent_death_signal(sig: int) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+    return _libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    """Found once per process (``find_library`` runs ``ldconfig -p``: milliseconds), and
+    inherited by the fork server's children."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def peer_uid(conn: socket.socket) -> int | None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._processes import kill_tree, warn
 from ...store import ACTIVE, HOSTNAME
+from ._forks import ForkServer, Forked, fork_supported
 from ._os import peer_uid
 from ._paths import AgentPaths
 
@@ -45,6 +46,7 @@ BUSY_CHECK = 2.0  # seconds between two looks at the store for active runs (idle
 REAP_EVERY = 10.0
 MAX_REQUEST = 1 << 16  # bytes: a request is one short JSON line
 REFILL_PAUSE = 5.0  # seconds between two replacements of crashed warm processes of a slot
+PENDING_WAIT = 10.0  # seconds a run waits for a booting warm process before it starts cold
 
 
 class Agent:
@@ -53,12 +55,15 @@ class Agent:
         self.backend, self.target, self._reap = backend, target, reap
         self.runner_module = runner_module
         self.paths = AgentPaths.for_workspace(backend.location.directory)
-        self.pool: dict[str, list[subprocess.Popen]] = {}
-        self.handed: list[subprocess.Popen] = []  # job processes we started (to reap zombies)
+        self.pool: dict[str, list[Any]] = {}  # warm processes (Popen, or Forked) per key
+        self.handed: list[Any] = []  # job processes we started (to reap zombies)
         self._stopping = False
         self._refilled: dict[str, float] = {}
         self._ready_pipes: dict[int, int] = {}  # warm pid -> read end of its ready pipe
         self._ready: set[int] = set()
+        # Runs waiting for a warm process that is still booting: (run id, gpus, deadline).
+        self.pending: list[tuple[str, int, float]] = []
+        self.forkserver: ForkServer | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -76,14 +81,18 @@ class Agent:
             print(f"agent {os.getpid()} serving {self.backend.location.directory} "
                   f"(idle exit after {self.target.agent_idle:g} s)", flush=True)
             self._reap(self.backend)  # what a crash or a reboot left behind
+            self._start_forkserver()
             for key in self._initial_keys():
                 self._fill(key)
+            self._adopt()
             self._serve(listener)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(self.paths.socket)
             listener.close()
             self._drain_pool()
+            if self.forkserver is not None:
+                self.forkserver.close()
             os.close(lock)
         return 0
 
@@ -108,14 +117,24 @@ class Agent:
     def _serve(self, listener: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
+        forks = self.forkserver
+        if forks is not None:
+            selector.register(forks, selectors.EVENT_READ)
         last_check = last_reap = self._last_busy = time.monotonic()
         while not self._stopping:
-            for _key, _events in selector.select(timeout=0.5):
+            # Runs waiting for a booting warm process: look at its ready pipe often.
+            for key, _events in selector.select(timeout=0.01 if self.pending else 0.5):
+                if key.fileobj is forks and forks is not None:
+                    selector.unregister(forks)  # its only message before requests: "up"
+                    forks.read_up()
+                    self._forkserver_changed()
+                    continue
                 with contextlib.suppress(BlockingIOError):
                     conn, _ = listener.accept()
                     self._handle(conn)
                     self._last_busy = time.monotonic()
             now = time.monotonic()
+            self._dispatch_pending()
             self._collect_children()
             if now - last_reap >= REAP_EVERY:
                 self._reap(self.backend)
@@ -183,6 +202,9 @@ class Agent:
                     "idle_for": time.monotonic() - getattr(self, "_last_busy", time.monotonic()),
                     "idle_exit": self.target.agent_idle,
                     "warm": {k: len(v) for k, v in self.pool.items()},
+                    "pending": len(self.pending),
+                    "forkserver": None if self.forkserver is None else (
+                        self.forkserver.broken or ("up" if self.forkserver.up else "booting")),
                     "ready": {k: sum(self._is_ready(p) for p in v if p.poll() is None)
                               for k, v in self.pool.items()}}
         if op == "stop":
@@ -190,13 +212,19 @@ class Agent:
             return {"ok": True, "pid": os.getpid()}
         if op == "submit":
             pid = self.submit(str(message["run"]), int(message.get("gpus", 0)))
-            return {"ok": True, "pid": pid}
+            return {"ok": True, "pid": pid}  # None: it waits for a warm process to boot
         return {"ok": False, "error": f"unknown request {op!r}"}
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def submit(self, run_id: str, gpus: int) -> int:
-        """Start the run's job: a warm process if one fits its slot, else a cold one."""
+    def submit(self, run_id: str, gpus: int) -> int | None:
+        """Start the run's job: a warm process if one fits its slot and is ready; if one
+        is booting (a fork: a fraction of a second), the run waits for it up to
+        ``PENDING_WAIT``; else a cold process starts it. Returns the job's pid, or None
+        while the run waits."""
+        row = self.backend.store.get_run_row(run_id)
+        if row is not None and (row["pid"] or any(p[0] == run_id for p in self.pending)):
+            return row["pid"]  # handed already (a submitter retrying after a broken link)
         key = self._key(gpus)
         process = self._take(key) if key is not None else None
         if process is not None:
@@ -206,13 +234,68 @@ class Agent:
                 process = None
         if key is not None:
             self._fill(key)  # the next run's warm process boots beside this run
+        if process is None and key is not None and self._booting(key):
+            self.pending.append((run_id, gpus, time.monotonic() + PENDING_WAIT))
+            # Ours now (host, no pid yet): a later agent adopts it if we die.
+            self.backend.store.update_run(run_id, host=HOSTNAME, heartbeat_at=time.time())
+            return None
         if process is None:
             process = self._spawn([run_id])
+        return self._record(run_id, process)
+
+    def _record(self, run_id: str, process: Any) -> int:
         self.handed.append(process)
         # Recorded before we answer: a submitter whose connection broke sees the run taken.
         self.backend.store.update_run(run_id, host=HOSTNAME, pid=process.pid,
                                       heartbeat_at=time.time())
         return process.pid
+
+    def _booting(self, key: str) -> bool:
+        """A warm process for ``key`` will be ready soon (it, or the fork server, boots)."""
+        if self.forkserver is not None and self.forkserver.broken is None \
+                and not self.forkserver.up:
+            return True
+        return any(p.poll() is None for p in self.pool.get(key, []))
+
+    def _dispatch_pending(self) -> None:
+        """Hand waiting runs, oldest first, to warm processes that became ready; start
+        cold the ones that waited ``PENDING_WAIT``."""
+        waiting = []
+        for run_id, gpus, deadline in self.pending:
+            key = self._key(gpus)
+            process = self._take(key) if key is not None else None
+            if process is not None:
+                try:
+                    self._hand(process, run_id)
+                except OSError:
+                    process = None
+                if key is not None:
+                    self._fill(key)
+            if process is None and (time.monotonic() > deadline or key is None
+                                    or not self._booting(key)):
+                process = self._spawn([run_id])
+            if process is None:
+                waiting.append((run_id, gpus, deadline))
+                continue
+            try:
+                self._record(run_id, process)
+            except Exception as exc:  # the store is away: the job records itself anyway
+                warn(f"agent: recording run {run_id}'s job failed: {exc}", sys.stdout)
+        self.pending = waiting
+
+    def _adopt(self) -> None:
+        """Runs an earlier agent of this host accepted but had not started when it died."""
+        try:
+            rows = self.backend.store.list_runs(status=["queued"])
+        except Exception as exc:
+            warn(f"agent: could not look for runs to adopt: {exc}", sys.stdout)
+            return
+        for row in sorted(rows, key=lambda r: r["created_at"]):
+            if row["host"] == HOSTNAME and not row["pid"] and row["target"] == self.target.name:
+                print(f"agent {os.getpid()}: adopting queued run {row['id']}", flush=True)
+                # gpus 0: the job claims what its spec asks; a warm kernel started for other
+                # devices is then replaced by one started cold (execute checks the fit).
+                self.pending.append((row["id"], 0, time.monotonic() + PENDING_WAIT))
 
     def _take(self, key: str) -> subprocess.Popen | None:
         """A warm process of ``key`` that is ready. One still booting is not handed a run:
@@ -271,7 +354,12 @@ class Agent:
 
     def _fill(self, key: str) -> None:
         """Keep ``warm_kernels`` warm processes for ``key`` (one per slot by default: a
-        GPU's key stands for one slot, the CPU key for all of them)."""
+        GPU's key stands for one slot, the CPU key for all of them). While the fork server
+        boots, nothing: it fills the pool once up (``_forkserver_changed``)."""
+        if self.forkserver is not None and self.forkserver.broken is None \
+                and not self.forkserver.up:
+            self.pool.setdefault(key, [])  # filled once the server is up
+            return
         wanted = self.target.warm_kernels
         if wanted is None:
             wanted = self.target.cpu_slots if self.target.inventory()[0].kind == "cpu" else 1
@@ -285,9 +373,62 @@ class Agent:
             alive.append(self._spawn(["--warm"], cuda=key))
         self.pool[key] = alive
 
-    def _spawn(self, args: list[str], cuda: str | None = None) -> subprocess.Popen:
+    # -- the fork server ----------------------------------------------------------------------
+
+    def _start_forkserver(self) -> None:
+        """Warm processes are forked from a fork server when the platform allows it."""
+        if not (self.target.fork and fork_supported()):
+            return
+        env = self._child_env()
+        env[ENV_PRELOAD_CODE] = ",".join(self.target.preload_modules())
+        try:
+            with open(self.paths.log, "ab") as out:
+                self.forkserver = ForkServer(
+                    [sys.executable, "-m", self.runner_module, "--forkserver"], env,
+                    self.backend.location.directory, out)
+        except OSError as exc:
+            warn(f"agent: no fork server ({exc}); warm processes start as new interpreters",
+                 sys.stdout)
+
+    def _forkserver_changed(self) -> None:
+        forks = self.forkserver
+        if forks is not None and forks.broken is not None:
+            warn(f"agent: {forks.broken}; warm processes start as new interpreters",
+                 sys.stdout)
+        for key in dict.fromkeys([*self._initial_keys(), *self.pool]):
+            self._fill(key)
+
+    def _fork(self, cuda: str) -> Forked:
+        """A warm process from the fork server: its stdin and ready pipe are ours."""
+        assert self.forkserver is not None
+        stdin_read, stdin_write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        log = os.open(self.paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            pid = self.forkserver.fork(cuda, stdin_read, ready_write, log)
+        except BaseException:
+            os.close(stdin_write)
+            os.close(ready_read)
+            raise
+        finally:
+            for fd in (stdin_read, ready_write, log):
+                os.close(fd)
+        os.set_blocking(ready_read, False)
+        self._ready_pipes[pid] = ready_read
+        return Forked(pid, open(stdin_write, "wb"))
+
+    def _child_env(self) -> dict[str, str]:
         env = {**os.environ, **self.backend.location.to_env(), ENV_AGENT_PID: str(os.getpid())}
         env.pop("CUDA_VISIBLE_DEVICES", None)
+        return env
+
+    def _spawn(self, args: list[str], cuda: str | None = None) -> Any:
+        if cuda is not None and self.forkserver is not None and self.forkserver.usable():
+            try:
+                return self._fork(cuda)
+            except OSError as exc:
+                warn(f"agent: {exc}; warm processes start as new interpreters", sys.stdout)
+        env = self._child_env()
         ready_read = ready_write = -1
         if cuda is not None:
             env["CUDA_VISIBLE_DEVICES"] = cuda
@@ -316,6 +457,10 @@ class Agent:
 
     def _collect_children(self) -> None:
         self.handed = [p for p in self.handed if p.poll() is None]
+        forks = self.forkserver
+        if forks is not None and forks.broken is None and forks.process.poll() is not None:
+            forks.broken = f"the fork server exited (code {forks.process.returncode})"
+            self._forkserver_changed()  # its waiting processes died with it: refill
         now = time.monotonic()
         for key, processes in self.pool.items():
             if (any(p.poll() is not None for p in processes) and not self._stopping

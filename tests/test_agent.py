@@ -316,3 +316,160 @@ def test_another_user_is_refused(warm, ws):
         warm.socket.chmod(modes[1] & 0o7777)
     assert answer["ok"] is False and f"uid {nobody}" in answer["error"]
     assert ping(warm) is not None  # the refused "stop" did not stop it
+
+
+# -- the fork server (warm processes and kernels forked, not started) ------------------------
+
+
+def _forked_pids(paths: AgentPaths) -> list[int]:
+    """Warm processes that were forked by the fork server and whose kernel was forked."""
+    log = paths.log.read_text() if paths.log.exists() else ""
+    return [int(p) for p in re.findall(r"^warm job process (\d+) ready in .*, forked, kernel "
+                                       r"forked\)", log, re.M)]
+
+
+def _forkserver_pid(paths: AgentPaths) -> int:
+    log = paths.log.read_text() if paths.log.exists() else ""
+    found = re.findall(r"^fork server (\d+) up", log, re.M)
+    assert found, f"no fork server in {paths.log}:\n{log}"
+    return int(found[-1])
+
+
+def test_forked_runs_share_nothing_with_each_other(warm, ws, monkeypatch):
+    """Each run gets a fresh fork: what one run does to its kernel (globals, a module's
+    attributes, numpy's global generator, the environment) is not in the next; its kernel
+    is a child of its own job process."""
+    monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "2")
+    # numpy.random's global generator exists once numpy.random is imported: in the fork
+    # server here, so every fork would draw the same numbers unless it is reseeded.
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "numpy.random")
+    code = textwrap.dedent("""\
+        import json, os, sys
+        print('leaked', 'marker' in globals(), hasattr(json, 'marker'),
+              os.environ.get('MLOPS_TEST_MARKER'))
+        print('preloaded', 'numpy.random' in sys.modules)
+        import numpy
+        print('draw', numpy.random.random())
+        print('kernel', os.getpid(), 'parent', os.getppid())
+        from ipykernel.kernelapp import IPKernelApp
+        app = IPKernelApp.instance()  # it exits when its job process dies
+        print('watches its parent', app.parent_handle == os.getppid(), app.poller is not None)
+        marker = 1
+        json.marker = 1
+        os.environ['MLOPS_TEST_MARKER'] = 'set by an earlier run'
+    """)
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    runs = []
+    for i in range(3):
+        _wait_ready(warm, cpu=2)
+        run = ws.submit(code, name=f"fresh-{i}")
+        run.wait(timeout=120)
+        assert run.status == "completed", run.info()["error"]
+        runs.append(run)
+    draws = set()
+    for run in runs:
+        logs = run.logs()
+        assert "leaked False False None" in logs
+        assert "preloaded True" in logs
+        assert "watches its parent True True" in logs
+        kernel, parent = map(int, re.search(r"kernel (\d+) parent (\d+)", logs).groups())
+        assert parent == run.info()["pid"]  # the kernel was forked by the run's job process
+        draws.add(re.search(r"draw ([0-9.e-]+)", logs).group(1))
+    assert len(draws) == 3, "numpy's generator was copied by the fork, not reseeded"
+    assert {run.info()["pid"] for run in runs} <= set(_forked_pids(warm))
+    # The executed notebook is papermill's, as for a cold run.
+    import nbformat
+
+    with runs[0].open_artifact("notebook.ipynb")[0] as handle:
+        nb = nbformat.reads(handle.read().decode(), as_version=4)
+    assert nb.metadata.papermill["end_time"]
+    assert [c.metadata.papermill["status"] for c in nb.cells if c.cell_type == "code"] \
+        == ["completed"] * sum(c.cell_type == "code" for c in nb.cells)
+
+
+def test_a_killed_forked_job_is_lost_its_kernel_follows_and_its_slot_is_freed(warm, ws,
+                                                                             tmp_path):
+    flag = tmp_path / "never"
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    victim = ws.submit(WAIT_FLAG.format(flag=str(flag)), name="victim")
+    wait_until(lambda: "started" in victim.logs(), 120, "the run to start")
+    job = victim.info()["pid"]
+    assert job in _forked_pids(warm)
+    kernel = victim.info()["resources"]["kernel_pid"]
+    assert kernel in _family(job)
+    os.kill(job, signal.SIGKILL)
+    # ipykernel watches its parent: a kernel forked from a seed must too.
+    wait_until(lambda: _gone(kernel), 60, "the kernel to exit after its job process")
+    wait_until(lambda: victim.info()["status"] == "lost", 90, "the run to read lost")
+    after = ws.submit("print('after')", name="after")  # the only CPU slot is free again
+    after.wait(timeout=120)
+    assert after.status == "completed" and "after" in after.logs()
+
+
+def test_without_its_fork_server_the_agent_starts_warm_processes_as_before(warm, ws):
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    server = _forkserver_pid(warm)
+    waiting = _forked_pids(warm)[-1]
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: _gone(waiting), 30, "its waiting warm process to die with it")
+    wait_until(lambda: "exited" in str(ping(warm)["forkserver"]), 30,
+               "the agent to notice the fork server is gone")
+    _wait_ready(warm, cpu=1)  # a new interpreter this time
+    run = ws.submit("print('still warm')", name="no-forks")
+    run.wait(timeout=120)
+    assert run.status == "completed" and "still warm" in run.logs()
+    assert run.info()["pid"] in set(_warm_pids(warm)) - set(_forked_pids(warm))
+
+
+def test_runs_submitted_faster_than_warm_processes_boot_wait_for_them(warm, ws, monkeypatch):
+    """Five runs at once on two slots: each is handed to a forked warm process (booting
+    ones are waited for), none starts cold."""
+    monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "2")
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=2)
+    runs = [ws.submit(f"print('burst {i}')", name=f"burst-{i}") for i in range(5)]
+    for i, run in enumerate(runs):
+        run.wait(timeout=120)
+        assert run.status == "completed" and f"burst {i}" in run.logs()
+    assert {run.info()["pid"] for run in runs} <= set(_forked_pids(warm))
+
+
+def test_a_new_agent_adopts_runs_the_dead_one_had_accepted(warm, ws_dir, tmp_path,
+                                                          monkeypatch):
+    """The agent accepted a run that waits for the fork server's imports (slowed here by a
+    preloaded module), then is killed: the run is not lost, the next agent starts it."""
+    slow = tmp_path / "mods"
+    slow.mkdir()
+    (slow / "slow_import.py").write_text(textwrap.dedent(f"""\
+        import pathlib, time
+        while not pathlib.Path({str(tmp_path / 'go')!r}).exists():
+            time.sleep(0.05)
+    """))
+    monkeypatch.setenv("PYTHONPATH", f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "slow_import")
+    from jupyter_mlops.store import HOSTNAME, Backend
+
+    submitter = _submitter(ws_dir, "print('adopted')", name="accepted")
+    run_id = submitter.stdout.readline().strip()
+    submitter.stdin.close()
+    submitter.wait(timeout=60)
+    store = Backend.open(ws_dir).store
+    row = store.get_run_row(run_id)
+    assert (row["status"], row["host"], row["pid"]) == ("queued", HOSTNAME, None)
+    agent = _agent_pids(warm)[0]
+    family = _family(agent)
+    os.kill(agent, signal.SIGKILL)
+    wait_until(lambda: all(_gone(p) for p in family), 30, "the agent and its fork server")
+    (tmp_path / "go").write_text("")
+    import jupyter_mlops as mlops
+
+    later = mlops.workspace(ws_dir).submit("print('later')", name="later")
+    run = mlops.workspace(ws_dir).get_run(run_id)
+    for r in (run, later):
+        r.wait(timeout=120)
+        assert r.status == "completed", r.info()["error"]
+    assert "adopted" in run.logs()
+    assert f"adopting queued run {run_id}" in warm.log.read_text()
+    store.close()

@@ -473,3 +473,25 @@ def test_a_new_agent_adopts_runs_the_dead_one_had_accepted(warm, ws_dir, tmp_pat
     assert "adopted" in run.logs()
     assert f"adopting queued run {run_id}" in warm.log.read_text()
     store.close()
+
+
+def test_a_preload_that_starts_threads_keeps_the_fork_server_from_forking(warm, ws, tmp_path,
+                                                                         monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "threaded_import.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True, name='busy').start()\n")
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "threaded_import")
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    wait_until(lambda: "will not fork" in str(ping(warm)["forkserver"]), 60,
+               "the fork server to refuse")
+    assert "an import started threads" in ping(warm)["forkserver"]
+    assert "busy" in ping(warm)["forkserver"]
+    _wait_ready(warm, cpu=1)  # warm processes as new interpreters instead
+    run = ws.submit("import sys\nprint('preloaded', 'threaded_import' in sys.modules)",
+                    name="unforked")
+    run.wait(timeout=120)
+    assert run.status == "completed" and "preloaded True" in run.logs()
+    assert run.info()["pid"] in set(_warm_pids(warm)) - set(_forked_pids(warm))

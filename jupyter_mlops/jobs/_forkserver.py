@@ -66,9 +66,10 @@ def serve() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked processes are reaped by the OS
     started = time.monotonic()
     modules = _import_everything()
-    if threading.active_count() > 1:  # forking a threaded process is not safe
-        names = [t.name for t in threading.enumerate()]
-        control.send(f"no: an import started threads {names}".encode())
+    refusal = _unforkable()
+    if refusal:
+        control.send(f"no: {refusal}".encode())
+        print(f"fork server {os.getpid()}: {refusal}; not forking", flush=True)
         return 1
     control.send(b"up")
     print(f"fork server {os.getpid()} up in {time.monotonic() - started:.2f} s "
@@ -147,6 +148,17 @@ def _import_everything() -> list[str]:
             warn(f"jupyter-mlops: fork server: preloading {name!r} failed: {exc}", sys.stdout)
     environment = capture_environment()
     return modules
+
+
+def _unforkable() -> str | None:
+    """Why this process must not be forked now, if it must not."""
+    if threading.active_count() > 1:  # a fork copies one thread: the others' locks stay held
+        return f"an import started threads {[t.name for t in threading.enumerate()]}"
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and cuda.is_initialized():  # a CUDA context does not survive fork
+        return "a preloaded module initialised CUDA"
+    return None
 
 
 def _warm_job_process(request: dict[str, Any], stdin_fd: int, ready_fd: int, log_fd: int

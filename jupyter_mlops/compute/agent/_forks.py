@@ -90,6 +90,8 @@ class ForkServer:
             data, self.broken = b"", str(exc)
         if data.startswith(b"up"):
             self.up = True
+        elif data.startswith(b"no:"):  # it found forking unsafe (threads, a CUDA context)
+            self.broken = f"the fork server will not fork: {data[3:].decode().strip()}"
         else:
             self.broken = self.broken or "the fork server exited while importing"
 

@@ -15,7 +15,8 @@ Two measurements (issue 5, "Done means"):
     where (from the run records: submit -> claimed a slot -> ended, and slot time left idle
     between trials), and the overhead per trial beyond one kernel start.
     Then the same sweep with warm starts (issue 17, ``JUPYTER_MLOPS_WARM=1``: this host's
-    agent hands each trial to a job process whose imports are done and whose kernel is up;
+    agent hands each trial to a job process whose imports are done and whose kernel is up,
+    both forked from the agent's fork server;
     the agent is started by one warm run before the sweep, as in a notebook session), and
     Ray Tune on the same trials (function trainable, ``reuse_actors=True``, 2 CPUs,
     ``max_concurrent_trials=2``; ``ray.init`` timed apart), when ``ray[tune]`` is installed
@@ -171,6 +172,8 @@ def measure_sweep(trials: int) -> dict[str, Any]:
         "submit_to_end": statistics.median(r["ended_at"] - r["created_at"] for r in rows),
         "idle_per_trial": (CONCURRENCY * (last - first) - held) / len(rows),
         "ids": {r["id"] for r in rows},
+        "failures": [(r["status"], (r["error"] or "").strip().splitlines()[-3:])
+                     for r in rows if r["status"] != "completed"],
     }
 
 
@@ -184,8 +187,10 @@ def report_overhead(trials: int) -> None:
     ours = measure_sweep(trials)
     warm = measure_warm_sweep(trials)
     ray_tune = measure_ray_tune(trials)
-    if ours["completed"] != trials:
-        print(f"    WARNING: only {ours['completed']} of {ours['trials']} trials completed")
+    for label, result in (("cold", ours), ("warm", warm)):
+        if result["completed"] != trials:
+            print(f"    WARNING ({label}): only {result['completed']} of {result['trials']} "
+                  f"trials completed: {result['failures']}")
     per_ours, per_optuna = ours["wall"] / trials, optuna_wall / trials
     k = kernel["total"]
     print(f"    {'':34} {'total':>9} {'per trial':>11}")
@@ -224,7 +229,8 @@ def report_overhead(trials: int) -> None:
              else f"   WARNING: {warm['completed']} of {trials} completed"))
     print(f"      each trial: submitted -> claimed {warm['to_claim']:.3f} s, claimed -> ended "
           f"{warm['claimed_to_end']:.3f} s, slot idle per trial {warm['idle_per_trial']:.3f} s; "
-          f"{warm['warm']} of {trials} trials ran in a warm process")
+          f"{warm['warm']} of {trials} trials ran in a warm process, {warm['forked']} of them "
+          "forked by the fork server with a forked kernel")
     if ray_tune is None:
         print("    Ray Tune: not installed (pip install -e '.[bench]')")
         per_ray = None
@@ -265,6 +271,9 @@ def measure_warm_sweep(trials: int) -> dict[str, Any]:
         rows = [r for r in mlops.workspace().backend.store.list_runs()
                 if r["id"] in result["ids"]]
         result["warm"] = sum(str(r["pid"]) in warm_pids for r in rows)
+        forked = set(re.findall(r"^warm job process (\d+) ready in .*, forked, kernel forked",
+                                paths.log.read_text(), re.M))
+        result["forked"] = sum(str(r["pid"]) in forked for r in rows)
         return result
     finally:
         os.environ.pop("JUPYTER_MLOPS_WARM")

@@ -414,8 +414,9 @@ def test_without_its_fork_server_the_agent_starts_warm_processes_as_before(warm,
     waiting = _forked_pids(warm)[-1]
     os.kill(server, signal.SIGKILL)
     wait_until(lambda: _gone(waiting), 30, "its waiting warm process to die with it")
-    wait_until(lambda: "exited" in str(ping(warm)["forkserver"]), 30,
-               "the agent to notice the fork server is gone")
+    state = wait_until(lambda: (s := ping(warm)["forkserver"]) not in ("up", "booting") and s,
+                       30, "the agent to notice the fork server is gone")
+    assert "fork server" in state, state
     _wait_ready(warm, cpu=1)  # a new interpreter this time
     run = ws.submit("print('still warm')", name="no-forks")
     run.wait(timeout=120)
@@ -495,3 +496,18 @@ def test_a_preload_that_starts_threads_keeps_the_fork_server_from_forking(warm, 
     run.wait(timeout=120)
     assert run.status == "completed" and "preloaded True" in run.logs()
     assert run.info()["pid"] in set(_warm_pids(warm)) - set(_forked_pids(warm))
+
+
+def test_a_warm_kernel_that_died_before_its_run_is_replaced(warm, ws):
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    waiting = _warm_pids(warm)[-1]
+    kernels = psutil.Process(waiting).children()
+    assert len(kernels) == 1
+    kernels[0].kill()
+    wait_until(lambda: _gone(kernels[0].pid), 30, "the warm kernel to die")
+    run = ws.submit("print('ran anyway')", name="replaced")
+    run.wait(timeout=120)
+    assert run.status == "completed", run.info()["error"]
+    assert run.info()["pid"] == waiting
+    assert "the warm kernel did not answer" in run.logs() and "ran anyway" in run.logs()

@@ -9,6 +9,7 @@ so a reader that sees the run ended also sees its files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -439,8 +440,16 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
     try:
         try:
             if warm is not None:
-                warm.prepare(run_env, spec.cwd)
-            else:
+                try:
+                    warm.prepare(run_env, spec.cwd)
+                except Exception as exc:  # it died before the run began: start one cold
+                    sink.write("stderr", f"jupyter-mlops: the warm kernel did not answer "
+                                         f"({exc}); starting a new one\n")
+                    with contextlib.suppress(Exception):
+                        warm.discard()
+                    warm = None
+                    km = _kernel_manager(kernel_name)
+            if warm is None:
                 _start_kernel(km, spec.cwd)  # the kernel inherits os.environ as set above
             import papermill  # while the kernel boots
         finally:

@@ -27,6 +27,7 @@ package, the ``preload`` modules) and records the environment, then only forks.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -71,6 +72,10 @@ def serve() -> int:
         control.send(f"no: {refusal}".encode())
         print(f"fork server {os.getpid()}: {refusal}; not forking", flush=True)
         return 1
+    # Keep the garbage collector off the imported objects in every fork: a collection
+    # reads (and so copies) every page they live on, which would undo the fork's sharing.
+    gc.collect()
+    gc.freeze()
     control.send(b"up")
     print(f"fork server {os.getpid()} up in {time.monotonic() - started:.2f} s "
           f"(preloaded {modules})", flush=True)
@@ -196,6 +201,7 @@ class KernelSeed:
 
     @classmethod
     def fork(cls) -> KernelSeed:
+        gc.freeze()  # what this process added since the server's fork: shared too
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:

@@ -149,10 +149,11 @@ def wait_for_run() -> tuple[str, WarmKernel] | None:
     _start_kernel(km, None)
     modules = [m for m in os.environ.get(ENV_PRELOAD_CODE, "").split(",") if m]
     started = time.monotonic()
-    try:
-        _run_silently(km, "; ".join(f"import {m}" for m in modules) or "pass")
-    except Exception as exc:  # a missing module: the run will say so itself, when it imports it
-        warn(f"jupyter-mlops: warm kernel: preloading {modules} failed: {exc}", sys.stdout)
+    if not seeded:  # a kernel forked from the fork server has imported them already
+        try:
+            _run_silently(km, "; ".join(f"import {m}" for m in modules) or "pass")
+        except Exception as exc:  # a missing module: the run will say so when it imports it
+            warn(f"jupyter-mlops: warm kernel: preloading {modules} failed: {exc}", sys.stdout)
     warm = WarmKernel(km, os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                       _forkserver.environment or capture_environment())
     _warm_papermill()

@@ -82,8 +82,11 @@ def local_agent_state(backend: Backend) -> dict[str, Any] | None:
     idle, limit = float(answer.get("idle_for", 0.0)), float(answer.get("idle_exit", 0.0))
     busy = idle < 3.0  # BUSY_CHECK: it looked at the store and saw active runs
     state = "busy" if busy else f"idle for {idle:.0f} s, exits in {max(limit - idle, 0):.0f} s"
+    forks = answer.get("forkserver")
+    how = ("forked" if forks == "up" else "fork server booting" if forks == "booting"
+           else "new interpreters" if forks is None else f"new interpreters ({forks})")
     return {"busy": busy, "pid": answer.get("pid"), "warm": warm,
-            "detail": f"agent pid {answer.get('pid')}: {warm} warm kernel(s), {state}"}
+            "detail": f"agent pid {answer.get('pid')}: {warm} warm kernel(s), {how}, {state}"}
 
 
 def ray_configured(config: Config | None = None) -> bool:

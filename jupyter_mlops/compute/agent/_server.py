@@ -4,7 +4,10 @@ It holds ``paths.lock`` for its whole life (a second agent exits at once), liste
 Unix socket only its own user may use (mode 0600 in a 0700 folder, and each peer's uid
 checked with ``SO_PEERCRED``), and keeps a pool of *warm* job processes: each has done its
 imports and started its kernel (with the slot's ``CUDA_VISIBLE_DEVICES`` and the preloaded
-modules) and waits on its stdin for the one run it will execute. A handed-over job process
+modules) and waits on its stdin for the one run it will execute. Where it can, they are
+forked from the agent's fork server (``_forks``: milliseconds each, no new interpreter);
+else each is a new interpreter. A run submitted while its warm process still boots waits
+here (``pending``) rather than starting cold. A handed-over job process
 is on its own from then on (its own session, no parent-death signal): if the agent dies,
 the runs go on and record their endings. Warm processes that still wait die with the agent
 (parent-death signal, and their stdin closes); their kernels follow them (ipykernel exits
@@ -132,7 +135,6 @@ class Agent:
                 with contextlib.suppress(BlockingIOError):
                     conn, _ = listener.accept()
                     self._handle(conn)
-                    self._last_busy = time.monotonic()
             now = time.monotonic()
             self._dispatch_pending()
             self._collect_children()
@@ -173,6 +175,8 @@ class Agent:
                                         f"the agent's user ({os.getuid()})"})
                     return
                 message = json.loads(line)
+                if message.get("op") != "ping":  # looking at the agent is not work for it:
+                    self._last_busy = time.monotonic()  # a sidebar's `targets` would keep it
                 self._answer(conn, self._dispatch(message))
             except Exception as exc:  # one bad client must not stop the agent
                 warn(f"agent: request failed: {exc!r}", sys.stdout)

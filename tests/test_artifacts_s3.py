@@ -10,6 +10,7 @@ process for the module; each test gets its own prefix in one bucket.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -339,3 +340,53 @@ def test_the_location_travels_whole_to_a_process_started_elsewhere(s3_ws, monkey
     assert resolve_location() == here
     assert here.storage_options == {"endpoint_url": s3_ws["endpoint"]}
     ArtifactStore("memory://scratch/ws").check()  # a store without buckets: made on write
+
+
+def test_a_warm_run_is_forked_with_its_kernel_when_artifacts_are_in_s3(s3_ws, tmp_path,
+                                                                       monkeypatch) -> None:
+    """The S3 client starts a thread when the workspace opens; the warm job process forks
+    its kernel's seed before that, so warm runs on S3 are forked as on a local folder."""
+    import re
+    import tempfile
+
+    import psutil
+
+    from jupyter_mlops.compute.agent import AgentPaths, ping, request
+
+    from .conftest import wait_until
+
+    runtime = Path(tempfile.mkdtemp(prefix="mlops-rt-"))  # short: a socket path
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_MLOPS_WARM", "1")
+    monkeypatch.setenv("JUPYTER_MLOPS_CPU_SLOTS", "1")
+    ws = s3_ws["ws"]
+    paths = AgentPaths.for_workspace(s3_ws["dir"])
+    try:
+        ws.submit("pass", name="wake-up").wait(timeout=120)
+        wait_until(lambda: (a := ping(paths)) is not None and a["ready"].get("") == 1, 120,
+                   "a warm process ready")
+        run = ws.submit("result = 6 * 7\nprint('answer', result)", name="warm-s3",
+                        outputs=["result"])
+        run.wait(timeout=120)
+        assert run.status == "completed", run.info()["error"]
+        assert run.outputs()["result"] == 42
+        forked = re.findall(r"^warm job process (\d+) ready in .*, forked, kernel forked\)",
+                            paths.log.read_text(), re.M)
+        assert str(run.info()["pid"]) in forked, paths.log.read_text()
+        assert f"{s3_ws['prefix']}/runs/{run.id}/notebook.ipynb" in s3_keys(
+            s3_ws["endpoint"], s3_ws["prefix"])
+    finally:
+        answer = ping(paths)
+        if answer is not None:
+            family = [answer["pid"], *(c.pid for c in psutil.Process(answer["pid"]).children(
+                recursive=True))]
+            request(paths.socket, {"op": "stop"})
+            def gone(pid: int) -> bool:
+                try:
+                    return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    return True
+
+            wait_until(lambda: all(gone(p) for p in family), 60,
+                       "the agent and its processes to exit")
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -92,6 +92,8 @@ def serve() -> int:
             request = json.loads(message)
             if len(fds) != 3:
                 raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+            sys.stdout.flush()  # or a fork would write what is buffered once more
+            sys.stderr.flush()
             pid = os.fork()
         except Exception as exc:
             for fd in fds:
@@ -138,12 +140,14 @@ def _import_everything() -> list[str]:
 
     localhost()  # lists this host's addresses (cached): every kernel start asks for them
     _warm._warm_papermill()
-    # Opening the workspace imports its migrations' machinery (alembic, the dialect): do
-    # it once here, and close it before any fork (a database connection must never be
-    # shared with a child: SQLite's locks belong to the process).
-    from ..store import Backend
+    # Opening the database imports its migrations' machinery (alembic, the dialect): do it
+    # once here, and close it before any fork (a database connection must never be shared
+    # with a child: SQLite's locks belong to the process). Not the artifact store: a client
+    # such as s3fs starts a thread, and a threaded process is not forked.
+    from ..store import Store, load_config, resolve_location
 
-    Backend.open().store.close()
+    config = load_config()
+    Store(resolve_location(None, config), config).close()
     KernelProvisionerFactory.instance()  # reads the provisioners' entry points once
     modules = [m for m in os.environ.get(ENV_PRELOAD_CODE, "").split(",") if m]
     for name in modules:
@@ -169,7 +173,7 @@ def _unforkable() -> str | None:
 def _warm_job_process(request: dict[str, Any], stdin_fd: int, ready_fd: int, log_fd: int
                       ) -> int:
     """In a fork of the server: become ``runner --warm`` for the slot's devices."""
-    global forked
+    global forked, _pending_seed
     forked = True
     os.setsid()  # its own session, as a cold job process: it outlives the agent once handed
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -183,6 +187,11 @@ def _warm_job_process(request: dict[str, Any], stdin_fd: int, ready_fd: int, log
     os.environ["CUDA_VISIBLE_DEVICES"] = str(request["cuda"])
     if environment is not None:
         environment["cuda_visible_devices"] = str(request["cuda"])
+    # The kernel's seed first, while this process has no thread (opening the workspace may
+    # start one: an object store's client) and no event loop.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _pending_seed = KernelSeed.fork()
     from .runner import main
 
     return main(["--warm"])
@@ -280,20 +289,19 @@ def _become_kernel(command_fd: int) -> int:
 
 
 def prepare_seeded_kernel(km: Any) -> bool:
-    """Before ``km`` starts its kernel, in a single-threaded warm job process: fork a seed
-    and make ``km`` launch through it. False when this process cannot (not forked by the
-    server, or the provisioner is not installed): the kernel is then started as usual."""
-    global _pending_seed
+    """Make ``km`` launch its kernel through this process's seed. False when there is none
+    (a warm process that is a new interpreter) or the provisioner is not installed: the
+    kernel is then started as usual."""
     from jupyter_client.provisioning import KernelProvisionerFactory
 
-    if not forked or threading.active_count() > 1:
+    if _pending_seed is None:
         return False
     if not KernelProvisionerFactory.instance().is_provisioner_available(
             _with_provisioner(km.kernel_spec)):
+        _pending_seed.discard()  # the end of its pipe ends it
         return False
     km.kernel_spec.metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER,
                                                      "config": {}}
-    _pending_seed = KernelSeed.fork()
     return True
 
 

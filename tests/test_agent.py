@@ -512,3 +512,21 @@ def test_a_warm_kernel_that_died_before_its_run_is_replaced(warm, ws):
     assert run.status == "completed", run.info()["error"]
     assert run.info()["pid"] == waiting
     assert "the warm kernel did not answer" in run.logs() and "ran anyway" in run.logs()
+
+
+def test_a_run_on_two_simulated_gpus_gets_a_warm_process_forked_for_them(warm, ws,
+                                                                         monkeypatch):
+    monkeypatch.setenv("JUPYTER_MLOPS_GPUS", "0,1,2")
+    code = ("import os\nprint('devices', repr(os.environ['CUDA_VISIBLE_DEVICES']))\n"
+            "print('kernel forked', b'ipykernel_launcher' not in "
+            "open('/proc/self/cmdline', 'rb').read())")  # a new kernel would be exec'd
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, gpu0=1, gpu1=1, gpu2=1)
+    run = ws.submit(code, name="two-gpus", gpus=2)
+    run.wait(timeout=120)
+    assert run.status == "completed", run.info()["error"]
+    assert "devices '0,1'" in run.logs()
+    assert run.info()["resources"]["cuda_visible_devices"] == "0,1"
+    assert run.info()["pid"] in _forked_pids(warm)
+    assert "kernel forked True" in run.logs()  # the warm kernel, not one started anew
+    assert "CUDA_VISIBLE_DEVICES='0,1'" in warm.log.read_text()

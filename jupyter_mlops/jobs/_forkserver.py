@@ -134,7 +134,7 @@ def _import_everything() -> list[str]:
     for name in ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
                  "ipykernel.debugger", "ipykernel.kernelspec", "IPython",
                  "IPython.core.completerlib", "tornado.platform.asyncio", "faulthandler",
-                 "psutil"):
+                 "psutil", "fsspec.implementations.local"):
         importlib.import_module(name)
     from jupyter_client.localinterfaces import localhost
 

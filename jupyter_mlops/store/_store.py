@@ -18,6 +18,7 @@ clocks of the machines sharing a workspace need not agree.
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
 import tempfile
 import time
@@ -215,9 +216,7 @@ class Store:
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
-        config = _alembic_config()
-        script = ScriptDirectory.from_config(config)
-        head = script.get_current_head()
+        head = _head_revision()
 
         def current_revision() -> str | None:
             with self.engine.connect() as conn:
@@ -227,6 +226,8 @@ class Store:
             current = current_revision()
         if current == head:
             return
+        config = _alembic_config()
+        script = ScriptDirectory.from_config(config)
         known = {rev.revision for rev in script.walk_revisions()}
         if current is not None and current not in known:
             raise SchemaTooNew(
@@ -273,9 +274,7 @@ class Store:
     @staticmethod
     def head_revision() -> str:
         """The newest schema revision this jupyter-mlops knows."""
-        from alembic.script import ScriptDirectory
-
-        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        return _head_revision()
 
     def schema_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -961,6 +960,16 @@ def _escape_like(text: str) -> str:
 
 def _nan_if_null(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+@functools.lru_cache(maxsize=1)
+def _head_revision() -> str:
+    """Found once per process: it reads every migration script (tens of ms), and the
+    scripts do not change under a running process. Forks of the agent's fork server
+    inherit it."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _alembic_config() -> Any:

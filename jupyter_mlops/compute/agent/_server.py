@@ -237,7 +237,7 @@ class Agent:
             except OSError:  # it died just now: start the run cold
                 process = None
         if key is not None:
-            self._fill(key)  # the next run's warm process boots beside this run
+            self._refill(key, taken=process is not None)
         if process is None and key is not None and self._booting(key):
             self.pending.append((run_id, gpus, time.monotonic() + PENDING_WAIT))
             # Ours now (host, no pid yet): a later agent adopts it if we die.
@@ -253,6 +253,14 @@ class Agent:
         self.backend.store.update_run(run_id, host=HOSTNAME, pid=process.pid,
                                       heartbeat_at=time.time())
         return process.pid
+
+    def _refill(self, key: str, taken: bool) -> None:
+        """After a run was handed (or found none ready): boot the next warm process for
+        ``key`` beside it. A set of several GPUs gets one only when a run asks for it."""
+        if "," not in key:
+            self._fill(key)
+        elif not taken and not any(p.poll() is None for p in self.pool.get(key, [])):
+            self.pool.setdefault(key, []).append(self._spawn(["--warm"], cuda=key))
 
     def _booting(self, key: str) -> bool:
         """A warm process for ``key`` will be ready soon (it, or the fork server, boots)."""
@@ -274,7 +282,7 @@ class Agent:
                 except OSError:
                     process = None
                 if key is not None:
-                    self._fill(key)
+                    self._refill(key, taken=True)
             if process is None and (time.monotonic() > deadline or key is None
                                     or not self._booting(key)):
                 process = self._spawn([run_id])
@@ -338,13 +346,18 @@ class Agent:
 
     def _key(self, gpus: int) -> str | None:
         """The ``CUDA_VISIBLE_DEVICES`` a warm kernel for this request must have started
-        with, or None when no warm kernel fits (more than one GPU: started cold)."""
+        with, or None when no warm kernel fits: the run starts cold."""
         slots = self.target.inventory()
         if slots[0].kind == "cpu" or gpus == 0:
             return ""
-        if gpus > 1:
-            return None
         free = [s.slot.id for s in self.target.slots(self.backend) if not s.held]
+        if gpus > 1:
+            # Several GPUs: the set the run's claim will take (the lowest free ones), forked
+            # for it on demand; none is kept warm for every combination. Without a fork
+            # server, or without that many free GPUs (the run queues), it starts cold.
+            if self.forkserver is None or not self.forkserver.usable() or len(free) < gpus:
+                return None
+            return ",".join(free[:gpus])
         # Slots are claimed in the queue's order, lowest free first; a run handed just
         # before may not hold its slot yet, so prefer a free slot whose warm process is ready.
         for gpu in free:
@@ -400,7 +413,8 @@ class Agent:
             warn(f"agent: {forks.broken}; warm processes start as new interpreters",
                  sys.stdout)
         for key in dict.fromkeys([*self._initial_keys(), *self.pool]):
-            self._fill(key)
+            if "," not in key:
+                self._fill(key)
 
     def _fork(self, cuda: str) -> Forked:
         """A warm process from the fork server: its stdin and ready pipe are ours."""
@@ -473,7 +487,10 @@ class Agent:
                 warn(f"agent: a warm job process for CUDA_VISIBLE_DEVICES={key!r} exited; "
                      "starting another", sys.stdout)
                 self._refilled[key] = now
-                self._fill(key)
+                if "," in key:  # a set of GPUs gets a warm process on demand only
+                    self.pool[key] = [p for p in processes if p.poll() is None]
+                else:
+                    self._fill(key)
 
     def _drain_pool(self) -> None:
         """Close the warm processes' stdin (they shut their kernels down and exit), then

@@ -530,3 +530,28 @@ def test_a_run_on_two_simulated_gpus_gets_a_warm_process_forked_for_them(warm, w
     assert run.info()["pid"] in _forked_pids(warm)
     assert "kernel forked True" in run.logs()  # the warm kernel, not one started anew
     assert "CUDA_VISIBLE_DEVICES='0,1'" in warm.log.read_text()
+
+
+def test_a_run_canceled_while_it_waits_in_the_agent_is_never_started(warm, ws, tmp_path,
+                                                                     monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "slow_import.py").write_text(textwrap.dedent(f"""\
+        import pathlib, time
+        while not pathlib.Path({str(tmp_path / 'go')!r}).exists():
+            time.sleep(0.05)
+    """))
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "slow_import")
+    run = ws.submit("print('should not run')", name="canceled-waiting")
+    assert ping(warm)["pending"] == 1  # the fork server is still importing
+    run.cancel()
+    assert run.info()["status"] == "canceled"
+    (tmp_path / "go").write_text("")
+    after = ws.submit("print('after')", name="after")
+    after.wait(timeout=120)
+    assert after.status == "completed"
+    assert ping(warm)["pending"] == 0
+    info = run.info()
+    assert (info["status"], info["pid"]) == ("canceled", None)
+    assert "should not run" not in run.logs()

@@ -275,6 +275,10 @@ class Agent:
         waiting = []
         for run_id, gpus, deadline in self.pending:
             key = self._key(gpus)
+            ready = key is not None and any(
+                p.poll() is None and self._is_ready(p) for p in self.pool.get(key, []))
+            if (ready or time.monotonic() > deadline) and not self._still_queued(run_id):
+                continue  # canceled (or deleted) while it waited: nothing to start
             process = self._take(key) if key is not None else None
             if process is not None:
                 try:
@@ -294,6 +298,13 @@ class Agent:
             except Exception as exc:  # the store is away: the job records itself anyway
                 warn(f"agent: recording run {run_id}'s job failed: {exc}", sys.stdout)
         self.pending = waiting
+
+    def _still_queued(self, run_id: str) -> bool:
+        try:
+            row = self.backend.store.get_run_row(run_id)
+        except Exception:  # the store is away for now: start it; the job checks again
+            return True
+        return row is not None and row["status"] == "queued" and not row["pid"]
 
     def _adopt(self) -> None:
         """Runs an earlier agent of this host accepted but had not started when it died."""

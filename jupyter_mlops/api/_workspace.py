@@ -551,15 +551,17 @@ def workspace(path: str | os.PathLike[str] | None = None, *,
     ``config`` replaces the configuration files (the server extension passes its own);
     ``start`` is where the nearest ``.mlops`` is looked for (default: the current folder).
     The first time a process opens a workspace, the reaper looks once for runs whose job
-    is gone (after a crash or a reboot) and records their ending.
+    is gone (after a crash or a reboot) and records their ending; not in a job's kernel,
+    whose job process reaps every few seconds anyway.
     """
     config = load_config() if config is None else config
     location = resolve_location(path, config, start=start)
     with _cache_lock:
         if location not in _cache:
             ws = Workspace(location, config)
-            from ..jobs import reap
+            if not os.environ.get(ENV_RUN_ID):  # a job's kernel: its job process reaps
+                from ..jobs import reap
 
-            reap(ws.backend)
+                reap(ws.backend)
             _cache[location] = ws
         return _cache[location]

@@ -7,14 +7,15 @@ gained nothing from warm processes. The agent therefore starts one fork server
 process and a kernel import (papermill, jupyter_client, ipykernel with IPython, this
 package, the ``preload`` modules) and records the environment, then only forks.
 
-- A warm job process is a fork of the server (milliseconds). It opens the workspace,
-  then forks its kernel's *seed* right away, while it is still single-threaded with no
-  event loop, and starts the kernel through jupyter_client as usual: the
+- A warm job process is a fork of the server (milliseconds). First, while it is still
+  single-threaded with no event loop, it forks its kernel's *seed*; then it opens the
+  workspace and starts the kernel through jupyter_client as usual: the
   ``jupyter-mlops-seeded`` provisioner hands the launch command to the seed, which becomes
   the kernel in-process instead of exec'ing a new interpreter (about 0.1 s of CPU).
-- Fresh state: the server never runs user code and opens no workspace, so a fork carries
-  imported modules only. Each kernel serves one run and is discarded. What a fork would
-  share is reset in the kernel: ``random`` reseeds itself at fork, numpy's global
+- Fresh state: the server never runs user code and keeps no connection (it opens the
+  database once, to import and check what opening needs, and closes it), so a fork
+  carries imported modules only. Each kernel serves one run and is discarded. What a fork
+  would share is reset in the kernel: ``random`` reseeds itself at fork, numpy's global
   generator is reseeded here.
 - The server has no threads (it refuses to serve if an import started one) and no event
   loop; its children reset what they inherit (signal dispositions, stdio).
@@ -217,6 +218,10 @@ class KernelSeed:
             code = 1
             try:
                 os.close(write)
+                ready = os.environ.get(ENV_READY_FD)  # the job process's, not ours
+                if ready:
+                    with contextlib.suppress(OSError):
+                        os.close(int(ready))
                 os.setsid()  # as jupyter_client starts kernels: interrupts reach its group
                 code = _become_kernel(read)
             except BaseException:
@@ -273,9 +278,9 @@ def _become_kernel(command_fd: int) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:  # the fork copied the server's generator state: draw fresh
-        numpy.random.seed()
+    random = sys.modules.get("numpy.random")
+    if random is not None:  # the fork copied the server's generator state: draw fresh
+        random.seed()  # (not imported yet: it seeds itself when the run imports it)
     args = command["argv"][3:]
     sys.argv = [KERNEL_MODULE, *args]
     if sys.path and sys.path[0] in ("", os.getcwd()):

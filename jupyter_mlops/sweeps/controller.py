@@ -231,9 +231,13 @@ class Controller:
 
     def _follow_trials(self) -> None:
         store = self.backend.store
+        # Without a pruner nothing is decided while a trial runs: its final value is read
+        # when it ends (one query less per running trial and round).
+        judging = not isinstance(self.pruner, optuna.pruners.NopPruner)
         for run_id, entry in list(self.active.items()):
             trial, last_id, stop_asked, reported = entry
-            rows = store.metric_rows(run_id, key=self.spec.metric, after_id=last_id)
+            rows = (store.metric_rows(run_id, key=self.spec.metric, after_id=last_id)
+                    if judging else [])
             if rows:
                 entry[1] = rows[-1][0]
                 if trial is not None:

@@ -352,6 +352,8 @@ def test_forked_runs_share_nothing_with_each_other(warm, ws, monkeypatch):
         import numpy
         print('draw', numpy.random.random())
         print('kernel', os.getpid(), 'parent', os.getppid())
+        comm = lambda pid: open(f'/proc/{pid}/comm').read().strip()
+        print('named', comm(os.getpid()), comm(os.getppid()))  # for top and ps -o comm
         from ipykernel.kernelapp import IPKernelApp
         app = IPKernelApp.instance()  # it exits when its job process dies
         print('watches its parent', app.parent_handle == os.getppid(), app.poller is not None)
@@ -373,6 +375,7 @@ def test_forked_runs_share_nothing_with_each_other(warm, ws, monkeypatch):
         assert "leaked False False None" in logs
         assert "preloaded True" in logs
         assert "watches its parent True True" in logs
+        assert "named mlops-kernel mlops-job" in logs
         kernel, parent = map(int, re.search(r"kernel (\d+) parent (\d+)", logs).groups())
         assert parent == run.info()["pid"]  # the kernel was forked by the run's job process
         draws.add(re.search(r"draw ([0-9.e-]+)", logs).group(1))

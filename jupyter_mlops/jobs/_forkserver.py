@@ -44,7 +44,13 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from .._processes import warn
-from ..compute.agent import ENV_AGENT_PID, ENV_PRELOAD_CODE, ENV_READY_FD, set_parent_death_signal
+from ..compute.agent import (
+    ENV_AGENT_PID,
+    ENV_PRELOAD_CODE,
+    ENV_READY_FD,
+    set_parent_death_signal,
+    set_process_name,
+)
 from ..compute.agent._forks import ENV_FORK_SOCKET
 
 PROVISIONER = "jupyter-mlops-seeded"  # entry point in pyproject.toml
@@ -66,6 +72,7 @@ def serve() -> int:
             str(os.getppid()) != os.environ.get(ENV_AGENT_PID):
         return 0  # the agent is already gone
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked processes are reaped by the OS
+    set_process_name("mlops-forksrv")
     started = time.monotonic()
     modules = _import_everything()
     refusal = _unforkable()
@@ -178,6 +185,7 @@ def _warm_job_process(request: dict[str, Any], stdin_fd: int, ready_fd: int, log
     forked = True
     os.setsid()  # its own session, as a cold job process: it outlives the agent once handed
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    set_process_name("mlops-job")
     os.dup2(stdin_fd, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -223,6 +231,7 @@ class KernelSeed:
                     with contextlib.suppress(OSError):
                         os.close(int(ready))
                 os.setsid()  # as jupyter_client starts kernels: interrupts reach its group
+                set_process_name("mlops-kernel")
                 code = _become_kernel(read)
             except BaseException:
                 traceback.print_exc()

@@ -8,7 +8,7 @@ jobs layer's reaper to ``Agent``).
 from __future__ import annotations
 
 from ._client import hand_off, ping, request
-from ._os import peer_uid, set_parent_death_signal
+from ._os import peer_uid, set_parent_death_signal, set_process_name
 from ._paths import AgentPaths, AgentUnavailable
 from ._server import ENV_AGENT_PID, ENV_PRELOAD_CODE, ENV_READY_FD, Agent
 
@@ -24,4 +24,5 @@ __all__ = [
     "ping",
     "request",
     "set_parent_death_signal",
+    "set_process_name",
 ]

@@ -23,6 +23,16 @@ def set_parent_death_signal(sig: int) -> bool:
     return _libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
 
 
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Name this process for ``top`` and ``ps -o comm`` (15 bytes at most): a fork keeps its
+    parent's command line, so the fork server's children would all look alike."""
+    if sys.platform.startswith("linux"):
+        _libc().prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
 @functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL:
     """Found once per process (``find_library`` runs ``ldconfig -p``: milliseconds), and

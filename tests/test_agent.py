@@ -329,6 +329,22 @@ def _forked_pids(paths: AgentPaths) -> list[int]:
                                        r"forked\)", log, re.M)]
 
 
+SLOW_IMPORT = textwrap.dedent("""\
+    import pathlib, time
+    while not pathlib.Path({go!r}).exists():  # holds the fork server's imports up
+        time.sleep(0.05)
+""")
+
+
+def _preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """A module ``name`` with ``source``, importable by the agent's processes and preloaded."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / f"{name}.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", name)
+
+
 def _forkserver_pid(paths: AgentPaths) -> int:
     log = paths.log.read_text() if paths.log.exists() else ""
     found = re.findall(r"^fork server (\d+) up", log, re.M)
@@ -376,7 +392,7 @@ def test_forked_runs_share_nothing_with_each_other(warm, ws, monkeypatch):
         assert "preloaded True" in logs
         assert "watches its parent True True" in logs
         assert "named mlops-kernel mlops-job" in logs
-        kernel, parent = map(int, re.search(r"kernel (\d+) parent (\d+)", logs).groups())
+        parent = int(re.search(r"kernel \d+ parent (\d+)", logs).group(1))
         assert parent == run.info()["pid"]  # the kernel was forked by the run's job process
         draws.add(re.search(r"draw ([0-9.e-]+)", logs).group(1))
     assert len(draws) == 3, "numpy's generator was copied by the fork, not reseeded"
@@ -445,15 +461,7 @@ def test_a_new_agent_adopts_runs_the_dead_one_had_accepted(warm, ws_dir, tmp_pat
                                                           monkeypatch):
     """The agent accepted a run that waits for the fork server's imports (slowed here by a
     preloaded module), then is killed: the run is not lost, the next agent starts it."""
-    slow = tmp_path / "mods"
-    slow.mkdir()
-    (slow / "slow_import.py").write_text(textwrap.dedent(f"""\
-        import pathlib, time
-        while not pathlib.Path({str(tmp_path / 'go')!r}).exists():
-            time.sleep(0.05)
-    """))
-    monkeypatch.setenv("PYTHONPATH", f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "slow_import")
+    _preload(tmp_path, monkeypatch, "slow_import", SLOW_IMPORT.format(go=tmp_path / "go"))
     from jupyter_mlops.store import HOSTNAME, Backend
 
     submitter = _submitter(ws_dir, "print('adopted')", name="accepted")
@@ -482,13 +490,9 @@ def test_a_new_agent_adopts_runs_the_dead_one_had_accepted(warm, ws_dir, tmp_pat
 
 def test_a_preload_that_starts_threads_keeps_the_fork_server_from_forking(warm, ws, tmp_path,
                                                                          monkeypatch):
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "threaded_import.py").write_text(
-        "import threading, time\n"
-        "threading.Thread(target=time.sleep, args=(3600,), daemon=True, name='busy').start()\n")
-    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "threaded_import")
+    _preload(tmp_path, monkeypatch, "threaded_import",
+             "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), "
+             "daemon=True, name='busy').start()\n")
     ws.submit("pass", name="wake-up").wait(timeout=120)
     wait_until(lambda: "will not fork" in str(ping(warm)["forkserver"]), 60,
                "the fork server to refuse")
@@ -537,15 +541,7 @@ def test_a_run_on_two_simulated_gpus_gets_a_warm_process_forked_for_them(warm, w
 
 def test_a_run_canceled_while_it_waits_in_the_agent_is_never_started(warm, ws, tmp_path,
                                                                      monkeypatch):
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "slow_import.py").write_text(textwrap.dedent(f"""\
-        import pathlib, time
-        while not pathlib.Path({str(tmp_path / 'go')!r}).exists():
-            time.sleep(0.05)
-    """))
-    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "slow_import")
+    _preload(tmp_path, monkeypatch, "slow_import", SLOW_IMPORT.format(go=tmp_path / "go"))
     run = ws.submit("print('should not run')", name="canceled-waiting")
     assert ping(warm)["pending"] == 1  # the fork server is still importing
     run.cancel()

@@ -354,6 +354,7 @@ def test_a_warm_run_is_forked_with_its_kernel_when_artifacts_are_in_s3(s3_ws, tm
     from jupyter_mlops.compute.agent import AgentPaths, ping, request
 
     from .conftest import wait_until
+    from .test_agent import _gone
 
     runtime = Path(tempfile.mkdtemp(prefix="mlops-rt-"))  # short: a socket path
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
@@ -381,12 +382,6 @@ def test_a_warm_run_is_forked_with_its_kernel_when_artifacts_are_in_s3(s3_ws, tm
             family = [answer["pid"], *(c.pid for c in psutil.Process(answer["pid"]).children(
                 recursive=True))]
             request(paths.socket, {"op": "stop"})
-            def gone(pid: int) -> bool:
-                try:
-                    return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-                except psutil.NoSuchProcess:
-                    return True
-
-            wait_until(lambda: all(gone(p) for p in family), 60,
+            wait_until(lambda: all(_gone(p) for p in family), 60,
                        "the agent and its processes to exit")
         shutil.rmtree(runtime, ignore_errors=True)

@@ -28,6 +28,7 @@ package, the ``preload`` modules) and records the environment, then only forks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import json
@@ -39,7 +40,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -51,7 +53,7 @@ from ..compute.agent import (
     set_parent_death_signal,
     set_process_name,
 )
-from ..compute.agent._forks import ENV_FORK_SOCKET
+from ..compute.agent._forks import ENV_FORK_SOCKET, PolledProcess
 
 PROVISIONER = "jupyter-mlops-seeded"  # entry point in pyproject.toml
 KERNEL_MODULE = "ipykernel_launcher"
@@ -109,20 +111,26 @@ def serve() -> int:
             control.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
-            code = 1
-            try:
-                control.close()
-                code = _warm_job_process(request, *fds)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
+            control.close()
+            _child(functools.partial(_warm_job_process, request, *fds))
         for fd in fds:
             os.close(fd)
         control.send(json.dumps({"pid": pid}).encode())
+
+
+def _child(work: Callable[[], int]) -> NoReturn:
+    """The end of every fork's child: run ``work`` and exit with its code, never returning
+    into the parent's code (a traceback goes to the log, and stdio is flushed first)."""
+    code = 1
+    try:
+        code = work()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _import_everything() -> list[str]:
@@ -223,23 +231,8 @@ class KernelSeed:
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                os.close(write)
-                ready = os.environ.get(ENV_READY_FD)  # the job process's, not ours
-                if ready:
-                    with contextlib.suppress(OSError):
-                        os.close(int(ready))
-                os.setsid()  # as jupyter_client starts kernels: interrupts reach its group
-                set_process_name("mlops-kernel")
-                code = _become_kernel(read)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
+            os.close(write)
+            _child(functools.partial(_become_kernel, read))
         os.close(read)
         return cls(pid, write)
 
@@ -272,6 +265,12 @@ class KernelSeed:
 
 
 def _become_kernel(command_fd: int) -> int:
+    ready = os.environ.get(ENV_READY_FD)  # the job process's, not ours
+    if ready:
+        with contextlib.suppress(OSError):
+            os.close(int(ready))
+    os.setsid()  # as jupyter_client starts kernels: interrupts reach its group
+    set_process_name("mlops-kernel")
     chunks = []
     while chunk := os.read(command_fd, 65536):
         chunks.append(chunk)
@@ -310,24 +309,18 @@ def prepare_seeded_kernel(km: Any) -> bool:
 
     if _pending_seed is None:
         return False
-    if not KernelProvisionerFactory.instance().is_provisioner_available(
-            _with_provisioner(km.kernel_spec)):
+    metadata = km.kernel_spec.metadata
+    chosen = (metadata.get("kernel_provisioner") or {}).get("provisioner_name",
+                                                           "local-provisioner")
+    if chosen != "local-provisioner" or \
+            PROVISIONER not in KernelProvisionerFactory.instance().provisioners:
         _pending_seed.discard()  # the end of its pipe ends it
-        return False
-    km.kernel_spec.metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER,
-                                                     "config": {}}
+        return False  # the kernelspec wants another provisioner, or ours is not installed
+    metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER, "config": {}}
     return True
 
 
-def _with_provisioner(spec: Any) -> Any:
-    import copy
-
-    spec = copy.copy(spec)
-    spec.metadata = {**spec.metadata, "kernel_provisioner": {"provisioner_name": PROVISIONER}}
-    return spec
-
-
-class _SeededProcess:
+class _SeededProcess(PolledProcess):
     """The ``Popen`` face of a kernel forked from a seed (a child of this process)."""
 
     def __init__(self, pid: int):
@@ -344,16 +337,6 @@ class _SeededProcess:
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                import subprocess
-
-                raise subprocess.TimeoutExpired("kernel", timeout or 0.0)
-            time.sleep(0.01)
-        return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:

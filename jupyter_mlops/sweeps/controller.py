@@ -100,6 +100,9 @@ class Controller:
         self.space = parse_space(self.spec.space)
         self.policy: Policy = parse_policy(self.spec.policy)
         self.pruner = self.policy.pruner()
+        # Without a pruner nothing is decided while a trial runs: its final value is read
+        # when it ends (one query less per running trial and round).
+        self.judging = not isinstance(self.pruner, optuna.pruners.NopPruner)
         self.study = optuna.create_study(
             direction=self.spec.goal, sampler=make_sampler(self.spec, self.space),
             pruner=self.pruner)
@@ -231,13 +234,10 @@ class Controller:
 
     def _follow_trials(self) -> None:
         store = self.backend.store
-        # Without a pruner nothing is decided while a trial runs: its final value is read
-        # when it ends (one query less per running trial and round).
-        judging = not isinstance(self.pruner, optuna.pruners.NopPruner)
         for run_id, entry in list(self.active.items()):
             trial, last_id, stop_asked, reported = entry
             rows = (store.metric_rows(run_id, key=self.spec.metric, after_id=last_id)
-                    if judging else [])
+                    if self.judging else [])
             if rows:
                 entry[1] = rows[-1][0]
                 if trial is not None:

@@ -23,7 +23,24 @@ ENV_FORK_SOCKET = "JUPYTER_MLOPS_FORK_SOCKET"  # the fork server's end of the so
 FORK_TIMEOUT = 10.0  # seconds a fork request may take once the server said it is up
 
 
-class Forked:
+class PolledProcess:
+    """``Popen.wait`` for a process known only by ``poll()`` (not started by ``Popen``)."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("process", timeout or 0.0)
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
+
+
+class Forked(PolledProcess):
     """A warm job process the fork server started: the part of ``Popen`` the agent uses."""
 
     def __init__(self, pid: int, stdin: Any):
@@ -49,14 +66,6 @@ class Forked:
             if not alive:
                 self.returncode = -1
         return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("warm job process", timeout or 0.0)
-            time.sleep(0.01)
-        return self.returncode  # type: ignore[return-value]
 
 
 class ForkServer:

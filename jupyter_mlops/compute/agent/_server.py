@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._processes import kill_tree, warn
 from ...store import ACTIVE, HOSTNAME
-from ._forks import ForkServer, Forked, fork_supported
+from ._forks import Forked, ForkServer, fork_supported
 from ._os import peer_uid
 from ._paths import AgentPaths
 
@@ -64,8 +64,9 @@ class Agent:
         self._refilled: dict[str, float] = {}
         self._ready_pipes: dict[int, int] = {}  # warm pid -> read end of its ready pipe
         self._ready: set[int] = set()
-        # Runs waiting for a warm process that is still booting: (run id, gpus, deadline).
-        self.pending: list[tuple[str, int, float]] = []
+        # Runs waiting for a warm process that is still booting:
+        # (run id, gpus, the key of the process it waits for, deadline).
+        self.pending: list[tuple[str, int, str | None, float]] = []
         self.forkserver: ForkServer | None = None
 
     # -- life ------------------------------------------------------------------------------
@@ -229,22 +230,12 @@ class Agent:
         row = self.backend.store.get_run_row(run_id)
         if row is not None and (row["pid"] or any(p[0] == run_id for p in self.pending)):
             return row["pid"]  # handed already (a submitter retrying after a broken link)
-        key = self._key(gpus)
-        process = self._take(key) if key is not None else None
-        if process is not None:
-            try:
-                self._hand(process, run_id)
-            except OSError:  # it died just now: start the run cold
-                process = None
-        if key is not None:
-            self._refill(key, taken=process is not None)
-        if process is None and key is not None and self._booting(key):
-            self.pending.append((run_id, gpus, time.monotonic() + PENDING_WAIT))
+        key, process = self._start(run_id, gpus, waiting=True)
+        if process is None:
+            self.pending.append((run_id, gpus, key, time.monotonic() + PENDING_WAIT))
             # Ours now (host, no pid yet): a later agent adopts it if we die.
             self.backend.store.update_run(run_id, host=HOSTNAME, heartbeat_at=time.time())
             return None
-        if process is None:
-            process = self._spawn([run_id])
         return self._record(run_id, process)
 
     def _record(self, run_id: str, process: Any) -> int:
@@ -269,35 +260,46 @@ class Agent:
             return True
         return any(p.poll() is None for p in self.pool.get(key, []))
 
+    def _start(self, run_id: str, gpus: int, waiting: bool) -> tuple[str | None, Any]:
+        """Hand the run to a ready warm process of its devices (``key``), booting the next
+        one beside it; if none is ready, start it cold unless it may keep ``waiting`` for
+        one that boots. Returns the key and the job process (None: it waits)."""
+        key = self._key(gpus)
+        process = self._take(key) if key is not None else None
+        if process is not None:
+            try:
+                self._hand(process, run_id)
+            except OSError:  # it died just now
+                process = None
+        if key is not None:
+            self._refill(key, taken=process is not None)
+        if process is None and not (waiting and key is not None and self._booting(key)):
+            process = self._spawn([run_id])
+        return key, process
+
     def _dispatch_pending(self) -> None:
         """Hand waiting runs, oldest first, to warm processes that became ready; start
-        cold the ones that waited ``PENDING_WAIT``."""
-        waiting = []
-        for run_id, gpus, deadline in self.pending:
-            key = self._key(gpus)
+        cold the ones that waited ``PENDING_WAIT``. Called every round while runs wait:
+        it looks only at the warm processes of each run's devices until one is ready."""
+        still = []
+        for run_id, gpus, key, deadline in self.pending:
+            patient = time.monotonic() <= deadline
             ready = key is not None and any(
                 p.poll() is None and self._is_ready(p) for p in self.pool.get(key, []))
-            if (ready or time.monotonic() > deadline) and not self._still_queued(run_id):
+            if not ready and patient and key is not None and self._booting(key):
+                still.append((run_id, gpus, key, deadline))
+                continue
+            if not self._still_queued(run_id):
                 continue  # canceled (or deleted) while it waited: nothing to start
-            process = self._take(key) if key is not None else None
-            if process is not None:
-                try:
-                    self._hand(process, run_id)
-                except OSError:
-                    process = None
-                if key is not None:
-                    self._refill(key, taken=True)
-            if process is None and (time.monotonic() > deadline or key is None
-                                    or not self._booting(key)):
-                process = self._spawn([run_id])
+            key, process = self._start(run_id, gpus, waiting=patient)
             if process is None:
-                waiting.append((run_id, gpus, deadline))
+                still.append((run_id, gpus, key, deadline))
                 continue
             try:
                 self._record(run_id, process)
             except Exception as exc:  # the store is away: the job records itself anyway
                 warn(f"agent: recording run {run_id}'s job failed: {exc}", sys.stdout)
-        self.pending = waiting
+        self.pending = still
 
     def _still_queued(self, run_id: str) -> bool:
         try:
@@ -318,7 +320,8 @@ class Agent:
                 print(f"agent {os.getpid()}: adopting queued run {row['id']}", flush=True)
                 # gpus 0: the job claims what its spec asks; a warm kernel started for other
                 # devices is then replaced by one started cold (execute checks the fit).
-                self.pending.append((row["id"], 0, time.monotonic() + PENDING_WAIT))
+                self.pending.append((row["id"], 0, self._key(0),
+                                     time.monotonic() + PENDING_WAIT))
 
     def _take(self, key: str) -> subprocess.Popen | None:
         """A warm process of ``key`` that is ready. One still booting is not handed a run:

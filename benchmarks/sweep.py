@@ -19,8 +19,11 @@ Two measurements (issue 5, "Done means"):
     both forked from the agent's fork server;
     the agent is started by one warm run before the sweep, as in a notebook session), and
     Ray Tune on the same trials (function trainable, ``reuse_actors=True``, 2 CPUs,
-    ``max_concurrent_trials=2``; ``ray.init`` timed apart), when ``ray[tune]`` is installed
-    (the ``bench`` extra). Targets (issue 17): warm per-trial wall time <= 0.2x a bare
+    ``max_concurrent_trials=2``; ``ray.init`` and a first small fit timed apart), when
+    ``ray[tune]`` is installed (the ``bench`` extra). Both the warm sweep and Ray Tune also
+    run 2N trials, which gives each one's marginal cost per trial, ``(wall(2N) - wall(N)) /
+    N``, its fixed start left out: a sweep of N trials divides a fixed start by N, so "per
+    trial" alone depends on N. Targets (issue 17): warm per-trial wall time <= 0.2x a bare
     kernel's start -> ready measured in the same run, and below Ray Tune's per trial.
 
 (b) Compute saved by early termination. A fixed set of synthetic learning curves (60 curves
@@ -111,7 +114,14 @@ def measure_optuna_alone(trials: int) -> float:
 
 
 def measure_ray_tune(trials: int) -> dict[str, float] | None:
-    """Ray Tune on the same trials: (ray.init seconds, Tuner.fit wall seconds), or None."""
+    """Ray Tune on the same trials, or None if it is not installed.
+
+    In one ``ray.init`` (timed apart): a small fit first (Tune's first-time imports and set-up,
+    not counted), then ``trials`` and ``2 * trials`` trials. ``fit`` is the wall time of the
+    first, as a user's sweep of ``trials`` sees it; ``marginal`` what each trial beyond the
+    first ``trials`` adds, ``(fit(2N) - fit(N)) / N``: Ray Tune's fixed cost per ``fit``
+    (its controller and actors) left out, its per-trial cost alone.
+    """
     try:
         import ray
         from ray import tune
@@ -121,25 +131,30 @@ def measure_ray_tune(trials: int) -> dict[str, float] | None:
     def trainable(config: dict[str, Any]) -> dict[str, float]:
         return {"score": config["x"] * 2}
 
+    def fit(n: int) -> float:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"x": tune.randint(0, 1000)},
+            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=n,
+                                        max_concurrent_trials=CONCURRENCY, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=os.path.join(
+                os.environ["JUPYTER_MLOPS_WORKSPACE"], "ray"), verbose=0),
+        )
+        start = time.perf_counter()
+        tuner.fit()
+        return time.perf_counter() - start
+
     start = time.perf_counter()
     ray.init(num_cpus=CONCURRENCY, include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     up = time.perf_counter()
     try:
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 1}),
-            param_space={"x": tune.randint(0, 1000)},
-            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials,
-                                        max_concurrent_trials=CONCURRENCY, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=os.path.join(
-                os.environ["JUPYTER_MLOPS_WORKSPACE"], "ray"), verbose=0),
-        )
-        fit = time.perf_counter()
-        tuner.fit()
-        done = time.perf_counter()
+        first = fit(4)
+        once, twice = fit(trials), fit(2 * trials)
     finally:
         ray.shutdown()
-    return {"init": up - start, "fit": done - fit}
+    return {"init": up - start, "first": first, "fit": once, "fit2": twice,
+            "marginal": (twice - once) / trials}
 
 
 def measure_sweep(trials: int) -> dict[str, Any]:
@@ -237,7 +252,19 @@ def report_overhead(trials: int) -> None:
     else:
         per_ray = ray_tune["fit"] / trials
         print(f"    Ray Tune, reuse_actors=True       {ray_tune['fit']:8.1f}s "
-              f"{per_ray:10.3f}s   (ray.init {ray_tune['init']:.1f} s, not counted)")
+              f"{per_ray:10.3f}s   (ray.init {ray_tune['init']:.1f} s and a first fit of 4 "
+              f"trials {ray_tune['first']:.1f} s, not counted)")
+    print("    marginal cost of a trial (a sweep of 2N trials minus one of N, over N; the fixed "
+          "start of a sweep left out):")
+    print(f"      ws.sweep(), warm  {warm['marginal']:.3f} s   "
+          f"({2 * trials} trials {warm['wall2']:.1f} s"
+          + ("" if warm["completed2"] == 2 * trials
+             else f", WARNING: {warm['completed2']} completed") + ")")
+    if ray_tune is not None:
+        print(f"      Ray Tune          {ray_tune['marginal']:.3f} s   "
+              f"({2 * trials} trials {ray_tune['fit2']:.1f} s)   "
+              f"warm sweep / Ray Tune {warm['marginal'] / ray_tune['marginal']:.2f}x "
+              f"({'ahead' if warm['marginal'] < ray_tune['marginal'] else 'behind'})")
     print("    ratios of the wall time per trial to a bare kernel's start -> ready "
           f"({ready:.3f} s, same run):")
     print(f"      cold sweep  {per_ours / ready:6.2f}x")
@@ -246,15 +273,18 @@ def report_overhead(trials: int) -> None:
           f"{verdict};  warm / cold {per_warm / per_ours:.2f}x")
     if per_ray is not None:
         print(f"      Ray Tune    {per_ray / ready:6.2f}x   warm sweep / Ray Tune "
-              f"{per_warm / per_ray:.2f}x ({'ahead' if per_warm < per_ray else 'behind'})")
+              f"{per_warm / per_ray:.2f}x ({'ahead' if per_warm < per_ray else 'behind'}, "
+              f"{trials} trials, each side's fixed start included)")
     print(f"      Optuna alone {per_optuna / ready:.4f}x")
     print(f"    load average after: {os.getloadavg()[0]:.1f} (above {os.cpu_count()}: other "
           f"processes shared the CPUs, so absolute times are inflated)")
 
 
 def measure_warm_sweep(trials: int) -> dict[str, Any]:
-    """``measure_sweep`` with warm starts; the agent is up (one warm run) beforehand, and
-    stopped afterwards. Counts the trials whose job process the agent had started warm."""
+    """``measure_sweep`` with warm starts, for ``trials`` then ``2 * trials`` trials; the
+    agent is up (one warm run) beforehand, and stopped afterwards. Counts the trials whose
+    job process the agent had started warm (of the first sweep), and ``marginal``: what each
+    trial beyond the first ``trials`` adds, ``(wall(2N) - wall(N)) / N``."""
     import re
 
     import jupyter_mlops as mlops
@@ -266,6 +296,10 @@ def measure_warm_sweep(trials: int) -> dict[str, Any]:
         mlops.workspace().submit("pass", name="agent-up").wait(timeout=300)
         time.sleep(3.0)  # let the agent finish booting its warm processes, as between cells
         result = measure_sweep(trials)
+        time.sleep(1.0)  # the pool refills between two sweeps, as between cells
+        twice = measure_sweep(2 * trials)
+        result["wall2"], result["completed2"] = twice["wall"], twice["completed"]
+        result["marginal"] = (twice["wall"] - result["wall"]) / trials
         warm_pids = set(re.findall(r"^warm job process (\d+) ready", paths.log.read_text(),
                                    re.M))
         rows = [r for r in mlops.workspace().backend.store.list_runs()

@@ -135,7 +135,10 @@ def test_agent_starts_on_demand_runs_warm_and_exits_when_idle(warm, ws, monkeypa
     code = ("import os, sys\n"
             "print('preloaded', 'decimal' in sys.modules)\n"
             "print('run', os.environ['JUPYTER_MLOPS_RUN_ID'], 'cwd', os.getcwd())\n"
-            "print('pid', os.getpid(), 'parent', os.getppid())\nresult = 42")
+            "print('pid', os.getpid(), 'parent', os.getppid())\nresult = 42\n"
+            "import jupyter_mlops as mlops\n"  # the job process's schema check is trusted
+            "print('schema checked', os.environ['JUPYTER_MLOPS_SCHEMA_CHECKED'] == "
+            "mlops.workspace().backend.store.schema_stamp())")
     ws.submit("pass", name="wake-up").wait(timeout=120)  # starts the agent (this run: cold)
     runs = []
     for i in range(2):
@@ -145,7 +148,7 @@ def test_agent_starts_on_demand_runs_warm_and_exits_when_idle(warm, ws, monkeypa
         run.wait(timeout=120)
         assert run.status == "completed", run.info()["error"]
         logs = run.logs()
-        assert "preloaded True" in logs
+        assert "preloaded True" in logs and "schema checked True" in logs
         assert f"run {run.id} cwd {os.getcwd()}" in logs
         assert run.outputs()["result"] == 42
         assert "notebook.ipynb" in [a["path"] for a in run.artifacts()]
@@ -554,3 +557,31 @@ def test_a_run_canceled_while_it_waits_in_the_agent_is_never_started(warm, ws, t
     info = run.info()
     assert (info["status"], info["pid"]) == ("canceled", None)
     assert "should not run" not in run.logs()
+
+
+def test_an_agent_whose_workspace_folder_was_deleted_exits_and_serves_no_new_one(warm, ws,
+                                                                                ws_dir):
+    """Deleting the workspace folder (and making it anew at the same path) while its agent
+    lives: the old agent takes no run of the new database and exits with its processes;
+    runs of the new workspace complete."""
+    from jupyter_mlops.api import _workspace
+    from jupyter_mlops.store import Backend
+
+    ws.submit("pass", name="old-workspace").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    old_agent = _agent_pids(warm)[0]
+    family = _family(old_agent)
+    ws.store.close()
+    _workspace._cache.clear()
+    shutil.rmtree(ws_dir)
+    Backend.open(ws_dir).store.close()  # a new workspace at the same path
+    import jupyter_mlops as mlops
+
+    run = mlops.workspace().submit("print('new workspace')", name="new-workspace")
+    run.wait(timeout=120)
+    assert run.status == "completed", run.info()["error"]
+    assert "new workspace" in run.logs()
+    assert run.info()["pid"] not in family  # not one of the old agent's warm processes
+    wait_until(lambda: all(_gone(p) for p in family), 60, "the old agent and its processes "
+               "to exit")
+    assert [r.info()["name"] for r in mlops.workspace().runs()] == ["new-workspace"]

@@ -94,6 +94,29 @@ def test_database_from_newer_schema_is_refused_untouched(any_ws) -> None:
     db.dispose()
 
 
+def test_a_schema_check_is_skipped_only_for_the_revision_and_database_a_parent_checked(
+        any_ws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's kernel skips the schema check its job process made (ENV_SCHEMA_CHECKED), but
+    only for the same revision of this package and the same database."""
+    from jupyter_mlops.store import ENV_SCHEMA_CHECKED
+
+    loc = any_ws.location
+    stamp = any_ws.store.schema_stamp()
+    head = any_ws.store.head_revision()
+    assert stamp == f"{head} {loc.database_url}"
+    any_ws.store.close()
+    db = sa.create_engine(loc.database_url)
+    with db.begin() as conn:  # a database this version would refuse, if it checked
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
+    db.dispose()
+    monkeypatch.setenv(ENV_SCHEMA_CHECKED, stamp)
+    Store(loc).close()  # trusted: not checked
+    for other in (f"0000_older {loc.database_url}", f"{head} sqlite:////elsewhere/mlops.db"):
+        monkeypatch.setenv(ENV_SCHEMA_CHECKED, other)
+        with pytest.raises(SchemaTooNew, match="newer than this jupyter-mlops"):
+            Store(loc)
+
+
 def test_unwritable_workspace_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -9,7 +9,6 @@ so a reader that sees the run ended also sees its files.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -27,9 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from .._processes import kill_tree, warn
 from ..compute import ClaimCanceled, get_target
-from ..store import ENV_HEADLESS, ENV_JOB_DIR, ENV_OUTPUTS_DIR, ENV_RUN_ID, UNWRITTEN_FILE, Backend
+from ..store import (
+    ENV_HEADLESS,
+    ENV_JOB_DIR,
+    ENV_OUTPUTS_DIR,
+    ENV_RUN_ID,
+    ENV_SCHEMA_CHECKED,
+    UNWRITTEN_FILE,
+    Backend,
+)
 from ._control import REAP_EVERY, reap
 from ._spec import JobSpec, fetch_inputs
+from ._warm import WarmKernelDied
 
 if TYPE_CHECKING:
     from ._warm import WarmKernel
@@ -271,7 +279,8 @@ KERNEL_START_ATTEMPTS = 3  # kernels started for one run when they die before an
 
 def _died_starting(exc: BaseException) -> bool:
     """jupyter_client's error for a kernel process that exited before its first reply."""
-    return isinstance(exc, RuntimeError) and "before replying to kernel_info" in str(exc)
+    return isinstance(exc, WarmKernelDied) or (
+        isinstance(exc, RuntimeError) and "before replying to kernel_info" in str(exc))
 
 
 def _is_dead_kernel(exc: BaseException) -> bool:
@@ -383,7 +392,8 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
     # a warm one is given it (WarmKernel.prepare).
     run_env = {**backend.location.to_env(), ENV_RUN_ID: run_id, ENV_OUTPUTS_DIR: str(outputs),
                ENV_JOB_DIR: str(folder), **slot_env, **spec.env,
-               ENV_HEADLESS: "1" if spec.headless else "0"}
+               ENV_HEADLESS: "1" if spec.headless else "0",
+               ENV_SCHEMA_CHECKED: store.schema_stamp()}
     if ((store.get_run_row(run_id) or {}).get("resources") or {}).get("datasets"):
         # --dataset inputs: local paths for mlops.dataset() in the kernel, recorded as inputs
         from ..errors import MlopsError
@@ -440,16 +450,8 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
     try:
         try:
             if warm is not None:
-                try:
-                    warm.prepare(run_env, spec.cwd)
-                except Exception as exc:  # it died before the run began: start one cold
-                    sink.write("stderr", f"jupyter-mlops: the warm kernel did not answer "
-                                         f"({exc}); starting a new one\n")
-                    with contextlib.suppress(Exception):
-                        warm.discard()
-                    warm = None
-                    km = _kernel_manager(kernel_name)
-            if warm is None:
+                warm.prepare(run_env, spec.cwd)  # done by papermill's client, when ready
+            else:
                 _start_kernel(km, spec.cwd)  # the kernel inherits os.environ as set above
             import papermill  # while the kernel boots
         finally:
@@ -484,9 +486,13 @@ def _execute_claimed(backend: Backend, spec: JobSpec, slot_env: dict[str, str],
                 if (not _died_starting(exc) or current["index"] is not None
                         or watchdog.stop_reason or attempt == KERNEL_START_ATTEMPTS):
                     raise
-                sink.write("stderr", f"jupyter-mlops: the kernel died while starting ({exc}); "
-                                     f"starting another (attempt {attempt + 1} of "
-                                     f"{KERNEL_START_ATTEMPTS})\n")
+                if isinstance(exc, WarmKernelDied):  # it died before the run began
+                    sink.write("stderr", f"jupyter-mlops: the warm kernel did not answer "
+                                         f"({exc}); starting a new one\n")
+                else:
+                    sink.write("stderr", f"jupyter-mlops: the kernel died while starting "
+                                         f"({exc}); starting another (attempt {attempt + 1} "
+                                         f"of {KERNEL_START_ATTEMPTS})\n")
                 if kernel_pid() is not None:
                     kill_tree(kernel_pid())
                 warm = None

@@ -48,10 +48,14 @@ class WarmKernel:
 
     def prepare(self, env: dict[str, str], cwd: str | None) -> None:
         """Give the kernel the run's environment and working folder, as a cold kernel gets
-        them at its start (before any user code runs; not recorded in the notebook)."""
-        code = (f"import os as _o; _o.environ.update({json.dumps(env)}); "
-                + (f"_o.chdir({cwd!r}); " if cwd else "") + "del _o")
-        _run_silently(self.km, code)
+        them at its start (before any user code runs; not recorded in the notebook).
+
+        The code is run by papermill's own client, as its readiness check (see
+        ``_quick_ready_client``): one round trip, no client of our own.
+        """
+        self.km.mlops_prepare_code = (
+            f"import os as _o; _o.environ.update({json.dumps(env)}); "
+            + (f"_o.chdir({cwd!r}); " if cwd else "") + "del _o")
 
     def discard(self) -> None:
         from jupyter_core.utils import run_sync
@@ -59,14 +63,23 @@ class WarmKernel:
         run_sync(self.km.shutdown_kernel)(now=True)
 
 
+class WarmKernelDied(RuntimeError):
+    """The warm kernel died (or never answered) before its run began: no user code ran,
+    so the run may go on in a new kernel."""
+
+
 def _quick_ready_client() -> type:
     """An ``AsyncKernelClient`` whose ``wait_for_ready`` ends as soon as the kernel is known
-    to answer on both channels, for a kernel already up.
+    to answer on both channels, for a kernel already up, and which prepares it for its run
+    on the way.
 
     jupyter_client's version, after the ``kernel_info`` reply, drains IOPub until 0.2 s pass
     without a message: a fixed 0.2 s on every run. Here the proof that IOPub is connected
     is the kernel's own ``idle`` status for that very request; if the subscription joined
-    too late to see it, the request is sent again.
+    too late to see it, a ``kernel_info`` request is sent again. The first request is the
+    run's preparation (``WarmKernel.prepare``: environment and working folder), executed
+    silently, out of the kernel's history and numbering, so a run costs one round trip
+    before its first cell, not two.
     """
     from queue import Empty
 
@@ -75,10 +88,21 @@ def _quick_ready_client() -> type:
     class QuickReadyClient(AsyncKernelClient):
         async def wait_for_ready(self, timeout: float | None = None) -> None:
             deadline = time.monotonic() + (timeout or READY_TIMEOUT)
+            code = getattr(self.parent, "mlops_prepare_code", None)
             while time.monotonic() < deadline:
-                msg_id = self.kernel_info()
+                if code is not None:
+                    msg_id = self.execute(code, silent=True, store_history=False)
+                else:
+                    msg_id = self.kernel_info()
                 try:
-                    await self.shell_channel.get_msg(timeout=1.0)
+                    reply = await self._reply_to(msg_id, deadline)
+                    if code is not None:
+                        code = None  # prepared: never run twice
+                        if reply["content"]["status"] != "ok":
+                            content = reply["content"]
+                            raise RuntimeError(
+                                "preparing the warm kernel for the run failed: "
+                                f"{content.get('ename')}: {content.get('evalue')}")
                     while True:
                         msg = await self.iopub_channel.get_msg(timeout=0.5)
                         if (msg["parent_header"].get("msg_id") == msg_id
@@ -87,8 +111,17 @@ def _quick_ready_client() -> type:
                             return
                 except Empty:
                     if not await self._async_is_alive():
-                        raise RuntimeError("the warm kernel died") from None
-            raise RuntimeError(f"the warm kernel did not answer within {timeout} s")
+                        raise WarmKernelDied("the warm kernel died") from None
+            raise WarmKernelDied(f"the warm kernel did not answer within {timeout} s")
+
+        async def _reply_to(self, msg_id: str, deadline: float) -> dict[str, Any]:
+            """The shell reply to ``msg_id`` (raises ``Empty`` if none comes for 1 s)."""
+            while True:
+                reply = await self.shell_channel.get_msg(timeout=1.0)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return reply
+                if time.monotonic() > deadline:
+                    raise Empty
 
         async def _async_is_alive(self) -> bool:
             alive = self.parent.is_alive() if self.parent is not None else True

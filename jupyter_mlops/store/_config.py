@@ -31,6 +31,7 @@ DIR_NAME = ".mlops"
 ENV_RUN_ID = "JUPYTER_MLOPS_RUN_ID"  # the run this process logs to
 ENV_OUTPUTS_DIR = "JUPYTER_MLOPS_OUTPUTS_DIR"  # files here become the run's artifacts
 ENV_JOB_DIR = "JUPYTER_MLOPS_JOB_DIR"  # the run's staging folder (carried names, returns)
+ENV_SCHEMA_CHECKED = "JUPYTER_MLOPS_SCHEMA_CHECKED"  # "<revision> <database url>": checked
 ENV_HEADLESS = "JUPYTER_MLOPS_HEADLESS"  # "1": nobody watches (papermill), so %%train waits
 # Written in the job folder by a job's kernel whose last metric points could not be stored;
 # the runner then ends the run failed with its reason instead of completed.

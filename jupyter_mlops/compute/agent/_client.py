@@ -84,13 +84,15 @@ def hand_off(backend: Backend, run_id: str, gpus: int) -> int | None:
 
     Raises ``AgentUnavailable`` if no agent could take it (the caller starts it cold). A
     run the agent took before a connection broke is not handed twice: the agent records
-    the job's pid before it answers.
+    the job's pid before it answers. The agent is asked directly (it is usually up: one
+    round trip, not a ping first); only if nobody answers is it looked for, or started.
     """
     paths = AgentPaths.for_workspace(backend.location.directory)
     last: Exception | None = None
-    for _attempt in range(3):
+    for attempt in range(4):
         try:
-            ensure_agent(backend, paths)
+            if attempt:
+                ensure_agent(backend, paths)
             answer = request(paths.socket, {"op": "submit", "run": run_id, "gpus": gpus})
         except (OSError, ValueError) as exc:  # the agent went idle and left, or died
             last = exc

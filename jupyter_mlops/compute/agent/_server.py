@@ -61,6 +61,8 @@ class Agent:
         self.pool: dict[str, list[Any]] = {}  # warm processes (Popen, or Forked) per key
         self.handed: list[Any] = []  # job processes we started (to reap zombies)
         self._stopping = False
+        self._socket_id: tuple[int, int] | None = None  # our socket file, once bound
+        self._lock_id: tuple[int, int] | None = None  # our lock file, once held
         self._refilled: dict[str, float] = {}
         self._ready_pipes: dict[int, int] = {}  # warm pid -> read end of its ready pipe
         self._ready: set[int] = set()
@@ -80,6 +82,8 @@ class Agent:
         os.ftruncate(lock, 0)
         os.write(lock, f"{os.getpid()}\n".encode())
         listener = self._listen()
+        self._socket_id = self._file_id(self.paths.socket)
+        self._lock_id = self._file_id(self.paths.lock)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         try:
             print(f"agent {os.getpid()} serving {self.backend.location.directory} "
@@ -91,8 +95,9 @@ class Agent:
             self._adopt()
             self._serve(listener)
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(self.paths.socket)
+            if self._still_ours():  # never remove the socket of an agent that replaced us
+                with contextlib.suppress(OSError):
+                    os.unlink(self.paths.socket)
             listener.close()
             self._drain_pool()
             if self.forkserver is not None:
@@ -102,6 +107,24 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping = True
+
+    @staticmethod
+    def _file_id(path: os.PathLike[str]) -> tuple[int, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def _still_ours(self) -> bool:
+        """False once our socket was removed or replaced by another agent's."""
+        return self._file_id(self.paths.socket) == self._socket_id
+
+    def _workspace_gone(self) -> bool:
+        """True once our lock file was removed or replaced: the workspace folder was deleted
+        (and perhaps made anew at the same path). This agent then serves nobody: it must not
+        take runs of a new database found at the old path, nor let its reaper judge them."""
+        return not self._still_ours() or self._file_id(self.paths.lock) != self._lock_id
 
     def _listen(self) -> socket.socket:
         path = os.fspath(self.paths.socket)
@@ -139,6 +162,11 @@ class Agent:
             now = time.monotonic()
             self._dispatch_pending()
             self._collect_children()
+            looks = now - last_check >= BUSY_CHECK or now - last_reap >= REAP_EVERY
+            if looks and self._workspace_gone():
+                print(f"agent {os.getpid()}: its workspace folder or socket was removed or "
+                      "replaced, exiting", flush=True)
+                return
             if now - last_reap >= REAP_EVERY:
                 self._reap(self.backend)
                 last_reap = now
@@ -216,6 +244,10 @@ class Agent:
             self.stop()
             return {"ok": True, "pid": os.getpid()}
         if op == "submit":
+            if self._workspace_gone():  # the submitter starts the run cold, or a new agent
+                self.stop()
+                return {"ok": False, "error": "this agent's workspace folder was deleted; "
+                                              "it is exiting"}
             pid = self.submit(str(message["run"]), int(message.get("gpus", 0)))
             return {"ok": True, "pid": pid}  # None: it waits for a warm process to boot
         return {"ok": False, "error": f"unknown request {op!r}"}

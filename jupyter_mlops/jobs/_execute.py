@@ -340,9 +340,10 @@ def execute(backend: Backend, spec: JobSpec, warm: WarmKernel | None = None) -> 
 
 
 def _claim_and_execute(backend: Backend, spec: JobSpec, warm: WarmKernel | None) -> str:
-    backend.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
-                        heartbeat_at=time.time())
     if spec.parent_resources is not None:
+        # This process is the run's job from now on (claim() records it on the other path).
+        backend.store.update_run(spec.run_id, host=socket.gethostname(), pid=os.getpid(),
+                                 heartbeat_at=time.time())
         shared = spec.parent_resources
         backend.store.merge_run_json(spec.run_id, "resources",
                                      {**shared, "shared_with_parent": True})

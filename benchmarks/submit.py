@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         back.callback(os.chdir, home)  # leave the folder before it is deleted
         folder = Path(tmp)
         os.environ["JUPYTER_MLOPS_WORKSPACE"] = str(folder / "ws")
+        os.environ["JUPYTER_MLOPS_WARM"] = "0"  # cold, except where warm_started() says
         for var in ("JUPYTER_MLOPS_DATABASE_URL", "JUPYTER_MLOPS_ARTIFACT_URL",
                     "JUPYTER_MLOPS_RUN_ID"):
             os.environ.pop(var, None)
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return bench()
             finally:
-                os.environ.pop("JUPYTER_MLOPS_WARM")
+                os.environ["JUPYTER_MLOPS_WARM"] = "0"
 
         agent = AgentPaths.for_workspace(folder / "ws")
         back.callback(lambda: ping(agent) and request(agent.socket, {"op": "stop"}))

@@ -310,7 +310,7 @@ def measure_warm_sweep(trials: int) -> dict[str, Any]:
         result["forked"] = sum(str(r["pid"]) in forked for r in rows)
         return result
     finally:
-        os.environ.pop("JUPYTER_MLOPS_WARM")
+        os.environ["JUPYTER_MLOPS_WARM"] = "0"
         if ping(paths):
             request(paths.socket, {"op": "stop"})
 
@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="mlops-bench-sweep-")
     os.environ["JUPYTER_MLOPS_WORKSPACE"] = folder
     os.environ["JUPYTER_MLOPS_CPU_SLOTS"] = str(CONCURRENCY)
+    os.environ["JUPYTER_MLOPS_WARM"] = "0"  # the cold sweep; measure_warm_sweep turns it on
     try:
         if not args.skip_overhead:
             started = time.perf_counter()

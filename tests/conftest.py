@@ -19,6 +19,10 @@ from ._postgres import PostgresCluster, running_cluster
 
 HERE = Path(__file__).parent
 
+# Runs start cold in the suite: warm starts (on by default) would leave an agent per test's
+# workspace for its idle time. tests/test_agent.py (and the S3 warm test) turn them on.
+os.environ["JUPYTER_MLOPS_WARM"] = "0"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     # Here because pytest reads options only from the rootdir conftest; used by tests/faults.

@@ -355,6 +355,30 @@ def _forkserver_pid(paths: AgentPaths) -> int:
     return int(found[-1])
 
 
+def test_a_silent_client_does_not_hold_up_the_agent(warm, ws):
+    """A client that connects and sends half a request (a submitter frozen mid-way) is
+    waited for beside the others: a ping and a submit are answered while its connection
+    is still open; it is closed after CLIENT_TIMEOUT."""
+    import socket
+
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(str(warm.socket))
+        silent.sendall(b'{"op": "pi')  # and nothing more
+        assert ping(warm) is not None
+        run = ws.submit("print('not held up')", name="beside")  # handed: answered
+        silent.setblocking(False)
+        with pytest.raises(BlockingIOError):  # still open: nothing came, no end either
+            silent.recv(1)
+        run.wait(timeout=120)
+        assert run.status == "completed" and "not held up" in run.logs()
+        silent.setblocking(True)
+        silent.settimeout(120)
+        assert silent.recv(1) == b""  # then the agent gives up on it and closes it
+    assert "sent no complete request" in warm.log.read_text()
+
+
 def test_forked_runs_share_nothing_with_each_other(warm, ws, monkeypatch):
     """Each run gets a fresh fork: what one run does to its kernel (globals, a module's
     attributes, numpy's global generator, the environment) is not in the next; its kernel
@@ -585,3 +609,86 @@ def test_an_agent_whose_workspace_folder_was_deleted_exits_and_serves_no_new_one
     wait_until(lambda: all(_gone(p) for p in family), 60, "the old agent and its processes "
                "to exit")
     assert [r.info()["name"] for r in mlops.workspace().runs()] == ["new-workspace"]
+
+
+@pytest.fixture
+def on_postgres(postgres, ws_dir, monkeypatch):
+    """The workspace's database on the session's throwaway PostgreSQL cluster (set before
+    ``warm`` opens the workspace: request it first)."""
+    monkeypatch.setenv("JUPYTER_MLOPS_DATABASE_URL", postgres.new_database())
+
+
+def test_warm_runs_on_postgresql_are_forked_and_recorded(on_postgres, warm, ws):
+    """The fork server checks the database and closes its connection before it forks: each
+    forked job process and kernel connect on their own and their records land."""
+    assert ws.backend.location.database_url.startswith("postgresql")
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    code = ("import jupyter_mlops as mlops\nfor step in range(3):\n"
+            "    mlops.log('loss', 1.0 / (step + 1), step=step)\nprint('logged')")
+    runs = []
+    for i in range(2):
+        _wait_ready(warm, cpu=1)
+        runs.append(ws.submit(code, name=f"pg-{i}"))
+        runs[-1].wait(timeout=120)
+    forked = re.findall(r"^warm job process (\d+) ready in .*, forked, kernel forked\)",
+                        warm.log.read_text(), re.M)
+    for run in runs:
+        assert run.status == "completed", run.info()["error"]
+        assert "logged" in run.logs()
+        history = run.metric_history("loss")
+        assert list(history["step"]) == [0, 1, 2]
+        assert list(history["value"]) == pytest.approx([1.0, 0.5, 1.0 / 3])
+        assert str(run.info()["pid"]) in forked
+
+
+def test_warm_starts_are_on_unless_turned_off(warm, ws, monkeypatch):
+    """Default on: a submit with JUPYTER_MLOPS_WARM unset starts the agent; "0" (or
+    c.LocalTarget.warm = False) keeps every run cold and starts none."""
+    from jupyter_mlops.compute.local import LocalTarget
+
+    for off in ("0", "false", "off", "no"):
+        monkeypatch.setenv("JUPYTER_MLOPS_WARM", off)
+        assert LocalTarget().warm is False
+        assert LocalTarget(warm=True).warm is True  # configuration wins over the default
+    ws.submit("pass", name="cold").wait(timeout=120)
+    assert ping(warm) is None and not _agent_pids(warm)
+    monkeypatch.delenv("JUPYTER_MLOPS_WARM")
+    assert LocalTarget().warm is True
+    ws.submit("pass", name="default").wait(timeout=120)
+    assert ping(warm) is not None and len(_agent_pids(warm)) == 1
+
+
+def test_packages_changed_while_the_agent_lives_are_seen_by_the_next_warm_run(
+        warm, ws, tmp_path, monkeypatch):
+    """A package preloaded by the fork server, then upgraded on the import path (as pip
+    does: the module replaced, the old version's dist-info folder for the new one's): the
+    agent starts a new fork server and new warm processes, and the next warm run imports
+    the new version."""
+    extra = tmp_path / "site"
+    extra.mkdir()
+    (extra / "mlops_probe_pkg.py").write_text("VERSION = 1\n")
+    (extra / "mlops_probe_pkg-1.dist-info").mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(extra), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("JUPYTER_MLOPS_PRELOAD", "mlops_probe_pkg")
+    code = "import mlops_probe_pkg\nprint('version', mlops_probe_pkg.VERSION)"
+    ws.submit("pass", name="wake-up").wait(timeout=120)
+    _wait_ready(warm, cpu=1)
+    before = ws.submit(code, name="before")
+    before.wait(timeout=120)
+    assert "version 1" in before.logs()
+    _wait_ready(warm, cpu=1)
+    (extra / "new.tmp").write_text("VERSION = 2\n")
+    os.replace(extra / "new.tmp", extra / "mlops_probe_pkg.py")
+    (extra / "mlops_probe_pkg-1.dist-info").rename(extra / "mlops_probe_pkg-2.dist-info")
+    wait_until(lambda: "packages changed" in warm.log.read_text(), 60,
+               "the agent to see the upgrade")
+    _wait_ready(warm, cpu=1)
+    after = ws.submit(code, name="after")
+    after.wait(timeout=120)
+    assert after.status == "completed", after.info()["error"]
+    assert "version 2" in after.logs()
+    assert str(after.info()["pid"]) in re.findall(
+        r"^warm job process (\d+) ready in .*, forked, kernel forked\)", warm.log.read_text(),
+        re.M)  # still warm, from the new fork server

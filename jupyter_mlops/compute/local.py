@@ -38,7 +38,7 @@ __all__ = ["ENV_AGENT_IDLE", "ENV_CPU_SLOTS", "ENV_GPUS", "ENV_PRELOAD", "ENV_WA
 
 ENV_GPUS = "JUPYTER_MLOPS_GPUS"  # "0,1": the GPU inventory; "" : no GPU (skips nvidia-smi)
 ENV_CPU_SLOTS = "JUPYTER_MLOPS_CPU_SLOTS"
-ENV_WARM = "JUPYTER_MLOPS_WARM"  # "1": start runs through the per-host agent
+ENV_WARM = "JUPYTER_MLOPS_WARM"  # "0": every run starts cold, no per-host agent
 ENV_PRELOAD = "JUPYTER_MLOPS_PRELOAD"  # "numpy,torch": modules warm kernels import
 ENV_AGENT_IDLE = "JUPYTER_MLOPS_AGENT_IDLE"  # seconds
 
@@ -70,7 +70,7 @@ class LocalTarget(Target):
 
         c.LocalTarget.gpus = ["0", "1"]   # instead of asking nvidia-smi
         c.LocalTarget.cpu_slots = 4       # concurrent jobs on a machine without GPUs
-        c.LocalTarget.warm = True         # start runs from warm processes (compute/agent/)
+        c.LocalTarget.warm = False        # every run cold (default: warm, compute/agent/)
         c.LocalTarget.preload = ["numpy", "torch"]  # what warm kernels import beforehand
     """
 
@@ -95,7 +95,8 @@ class LocalTarget(Target):
     warm = Bool(
         config=True,
         help="Start runs through this host's agent, from job processes and kernels started "
-        f"ahead of time (default: {ENV_WARM}=1, else off: every run starts cold).",
+        f"ahead of time (default: on, unless {ENV_WARM}=0; off: every run starts cold, and "
+        "no agent or process outlives the submitter's own).",
     )
     preload = List(
         Unicode(), config=True,
@@ -123,7 +124,7 @@ class LocalTarget(Target):
 
     @default("warm")
     def _warm_default(self) -> bool:
-        return os.environ.get(ENV_WARM, "").strip().lower() in ("1", "true", "yes", "on")
+        return os.environ.get(ENV_WARM, "").strip().lower() not in ("0", "false", "no", "off")
 
     @default("preload")
     def _preload_default(self) -> list[str]:

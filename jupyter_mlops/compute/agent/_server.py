@@ -48,8 +48,30 @@ ENV_READY_FD = "JUPYTER_MLOPS_WARM_READY_FD"  # a warm process writes a byte the
 BUSY_CHECK = 2.0  # seconds between two looks at the store for active runs (idle timer)
 REAP_EVERY = 10.0
 MAX_REQUEST = 1 << 16  # bytes: a request is one short JSON line
+CLIENT_TIMEOUT = 10.0  # seconds a client has to send its whole request
 REFILL_PAUSE = 5.0  # seconds between two replacements of crashed warm processes of a slot
 PENDING_WAIT = 10.0  # seconds a run waits for a booting warm process before it starts cold
+
+
+def packages_stamp() -> frozenset[tuple[str, str, int]]:
+    """The installed packages, as the folders of this process's import path (the one warm
+    processes inherit) record them: each ``*.dist-info`` / ``*.egg-info`` folder and
+    ``*.pth`` file, with its inode. Installing, upgrading (a new version's folder), removing
+    or reinstalling a package changes the set; a repository on the path, whose files change
+    all day, does not. Editing a file inside an installed package is not seen."""
+    here = os.getcwd()
+    stamp = set()
+    for folder in sys.path:
+        if not folder or os.path.abspath(folder) == here:
+            continue
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.endswith((".dist-info", ".egg-info", ".pth")):
+                        stamp.add((folder, entry.name, entry.inode()))
+        except OSError:  # not a folder (a zip), or gone
+            continue
+    return frozenset(stamp)
 
 
 class Agent:
@@ -70,6 +92,7 @@ class Agent:
         # (run id, gpus, the key of the process it waits for, deadline).
         self.pending: list[tuple[str, int, str | None, float]] = []
         self.forkserver: ForkServer | None = None
+        self._packages: frozenset[tuple[str, str, int]] = frozenset()  # packages_stamp()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -144,11 +167,20 @@ class Agent:
     def _serve(self, listener: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
-        forks = self.forkserver
-        if forks is not None:
-            selector.register(forks, selectors.EVENT_READ)
+        watched: ForkServer | None = None  # the fork server whose "up" we wait for
+        # Connections whose request is still arriving: (what came so far, deadline). One
+        # slow or silent client does not hold up the others, nor the runs waiting here.
+        clients: dict[socket.socket, tuple[bytearray, float]] = {}
         last_check = last_reap = self._last_busy = time.monotonic()
         while not self._stopping:
+            forks = self.forkserver
+            if forks is not watched:  # a new fork server (at start, or renewed)
+                if watched is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        selector.unregister(watched)
+                watched = forks
+                if forks is not None and not forks.up and forks.broken is None:
+                    selector.register(forks, selectors.EVENT_READ)
             # Runs waiting for a booting warm process: look at its ready pipe often.
             for key, _events in selector.select(timeout=0.01 if self.pending else 0.5):
                 if key.fileobj is forks and forks is not None:
@@ -156,10 +188,27 @@ class Agent:
                     forks.read_up()
                     self._forkserver_changed()
                     continue
-                with contextlib.suppress(BlockingIOError):
-                    conn, _ = listener.accept()
-                    self._handle(conn)
+                if key.fileobj is listener:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = listener.accept()
+                        conn.setblocking(False)
+                        selector.register(conn, selectors.EVENT_READ)
+                        clients[conn] = (bytearray(), time.monotonic() + CLIENT_TIMEOUT)
+                    continue
+                conn = key.fileobj  # type: ignore[assignment]
+                request = clients[conn][0]
+                if self._read_request(conn, request):  # complete: answer it
+                    selector.unregister(conn)
+                    del clients[conn]
+                    self._handle(conn, bytes(request))
             now = time.monotonic()
+            for conn, (_, deadline) in list(clients.items()):
+                if now > deadline:  # a client that never finished its request
+                    warn("agent: a client sent no complete request within "
+                         f"{CLIENT_TIMEOUT:g} s; closing it", sys.stdout)
+                    selector.unregister(conn)
+                    del clients[conn]
+                    conn.close()
             self._dispatch_pending()
             self._collect_children()
             looks = now - last_check >= BUSY_CHECK or now - last_reap >= REAP_EVERY
@@ -172,6 +221,12 @@ class Agent:
                 last_reap = now
             if now - last_check >= BUSY_CHECK:
                 last_check = now
+                if self._packages != packages_stamp():
+                    if watched is not None:  # unregistered before its socket closes
+                        with contextlib.suppress(KeyError, ValueError):
+                            selector.unregister(watched)
+                        watched = None
+                    self._renew()
                 if self._busy():
                     self._last_busy = now
                 elif now - self._last_busy >= self.target.agent_idle:
@@ -190,14 +245,13 @@ class Agent:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, line: bytes) -> None:
+        """Answer one client's request (the whole line read), then close its connection."""
         with conn:
             conn.setblocking(True)
-            conn.settimeout(5.0)
+            conn.settimeout(5.0)  # for the answer: a few hundred bytes
             try:
                 uid = peer_uid(conn)
-                line = self._read_line(conn)  # read even when refusing: closing a socket
-                # with unread data resets it, and the caller would not see the refusal
                 if uid != os.getuid():
                     warn(f"agent: refused a connection from uid {uid}", sys.stdout)
                     self._answer(conn, {"ok": False, "error": f"refused: uid {uid} is not "
@@ -213,14 +267,19 @@ class Agent:
                     self._answer(conn, {"ok": False, "error": str(exc)})
 
     @staticmethod
-    def _read_line(conn: socket.socket) -> bytes:
-        data = b""
-        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+    def _read_request(conn: socket.socket, request: bytearray) -> bool:
+        """Add what arrived to ``request``; True once it is complete: a whole line, the
+        client's end of sending, or too long. The refusal of another user's request is sent
+        after reading it too: closing a socket with unread data resets it, and the client
+        would not see why."""
+        try:
             chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        request += chunk
+        return not chunk or request.endswith(b"\n") or len(request) >= MAX_REQUEST
 
     @staticmethod
     def _answer(conn: socket.socket, answer: dict[str, Any]) -> None:
@@ -438,8 +497,22 @@ class Agent:
 
     # -- the fork server ----------------------------------------------------------------------
 
+    def _renew(self) -> None:
+        """Packages were installed, upgraded or removed since the fork server imported its
+        modules: its forks (and the warm processes waiting for a run) would run the old
+        versions, and record the old environment. Start them all anew."""
+        print(f"agent {os.getpid()}: packages changed on the import path: starting a new fork "
+              "server and new warm processes", flush=True)
+        self._drain_pool()  # they have no run yet: nothing is lost
+        if self.forkserver is not None:
+            self.forkserver.close()
+            self.forkserver = None
+        self._start_forkserver()
+        self._forkserver_changed()
+
     def _start_forkserver(self) -> None:
         """Warm processes are forked from a fork server when the platform allows it."""
+        self._packages = packages_stamp()  # what it (and new interpreters) will import
         if not (self.target.fork and fork_supported()):
             return
         env = self._child_env()

@@ -692,3 +692,20 @@ def test_packages_changed_while_the_agent_lives_are_seen_by_the_next_warm_run(
     assert str(after.info()["pid"]) in re.findall(
         r"^warm job process (\d+) ready in .*, forked, kernel forked\)", warm.log.read_text(),
         re.M)  # still warm, from the new fork server
+
+
+def test_without_a_usable_agent_runs_start_cold_and_say_why_once(warm, ws, capfd):
+    """A runtime folder others may enter (a socket there could be theirs): no agent is
+    started, runs start cold, and the reason is said once, not on every run."""
+    folder = warm.socket.parent
+    folder.chmod(0o755)
+    try:
+        runs = [ws.submit(f"print('cold {i}')", name=f"cold-{i}") for i in range(2)]
+        for i, run in enumerate(runs):
+            run.wait(timeout=120)
+            assert run.status == "completed" and f"cold {i}" in run.logs()
+    finally:
+        folder.chmod(0o700)
+    said = capfd.readouterr().err
+    assert said.count("cold: ") == 1 and "mode 0700" in said, said
+    assert ping(warm) is None and not _agent_pids(warm)

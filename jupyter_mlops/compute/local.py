@@ -42,6 +42,8 @@ ENV_WARM = "JUPYTER_MLOPS_WARM"  # "0": every run starts cold, no per-host agent
 ENV_PRELOAD = "JUPYTER_MLOPS_PRELOAD"  # "numpy,torch": modules warm kernels import
 ENV_AGENT_IDLE = "JUPYTER_MLOPS_AGENT_IDLE"  # seconds
 
+_said_cold: set[str] = set()  # why runs of this process started cold, each said once
+
 SLOT_PROBE = 0.02  # seconds between two looks at the slot locks while a run waits
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")  # "GPU 0: NVIDIA A100 (UUID: GPU-...)"
@@ -397,7 +399,11 @@ class LocalTarget(Target):
                 hand_off(backend, run_id, gpus)
                 return
             except AgentUnavailable as exc:
-                warn(f"jupyter-mlops: starting run {run_id} cold: {exc}")
+                reason = str(exc).replace(run_id, "<run>")
+                if reason not in _said_cold:  # once per reason: warm starts are the default
+                    _said_cold.add(reason)
+                    warn(f"jupyter-mlops: starting run {run_id} cold: {exc} (said once; "
+                         f"{ENV_WARM}=0 turns warm starts off)")
         folder = backend.staging_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         process = spawn_detached(

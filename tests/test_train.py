@@ -276,3 +276,43 @@ def test_status_display_says_where_and_how_to_follow(ip, ws, capsys) -> None:
     assert f"%mlops cancel {run.id}" in run._repr_html_()
     run.cancel()
     wait_until(lambda: run.status == "canceled", timeout=30, what="the cancel")
+
+
+def test_a_first_train_and_sweep_in_a_kernel_do_not_import_nbformat(ws_dir: Path) -> None:
+    """nbformat (with jsonschema's format checkers) takes most of a second to import: the
+    notebooks of a cell's run and of a cell's sweep are written as plain JSON, so a kernel's
+    first %%train is not held up by it. What is written is a valid nbformat 4.5 notebook."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import nbformat
+
+    script = textwrap.dedent("""\
+        import sys
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "jupyter_mlops")
+        shell.run_cell("x = 21").raise_error()
+        shell.run_cell("%%train --wait --name first\\nprint('answer', x * 2)").raise_error()
+        import jupyter_mlops as mlops
+        sweep = mlops.workspace().sweep("import jupyter_mlops as mlops\\nmlops.log('s', y)",
+            params={"y": "randint(0, 9)"}, metric="s", goal="max", trials=2,
+            concurrency=2, namespace={})
+        sweep.wait(timeout=120)
+        print("imported", "nbformat" in sys.modules, "jsonschema" in sys.modules)
+        print("trials", sorted(t["status"] for t in sweep.trial_rows()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=ws_dir.parent)
+    assert done.returncode == 0, done.stderr
+    assert "imported False False" in done.stdout, done.stdout
+    assert "trials ['completed', 'completed']" in done.stdout, done.stdout
+    run = next(
+        r for r in mlops.workspace().runs() if r.info()["name"] == "first")
+    assert run.status == "completed" and "answer 42" in run.logs()
+    with run.workspace.backend.artifacts.open(run.id, "job/input.ipynb") as handle:
+        notebook = nbformat.reads(handle.read().decode(), as_version=4)
+    nbformat.validate(notebook)  # raises if invalid
+    assert notebook.nbformat_minor == 5 and all(len(c.id) == 8 for c in notebook.cells)
+    assert "parameters" in notebook.cells[1].metadata.tags

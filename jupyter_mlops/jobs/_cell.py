@@ -20,14 +20,11 @@ import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._format import human_bytes
 from ..errors import InvalidInput, MlopsError
 from ..store import ENV_JOB_DIR
-
-if TYPE_CHECKING:
-    import nbformat
 
 CARRIED_DIR = "carried"
 RETURNED_PREFIX = "returned/"
@@ -352,11 +349,12 @@ def build_job_notebook(
     plan: CarryPlan,
     outputs: list[str],
     origin: str = "",
-) -> nbformat.NotebookNode:
-    """parameters cell (papermill's tag) → restore carried names → the cell → save outputs."""
-    # Imported here: the job's kernel imports this module for restore_carried/save_outputs,
-    # and nbformat (with jsonschema) would cost it a second or more.
-    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+) -> dict[str, Any]:
+    """parameters cell (papermill's tag) → restore carried names → the cell → save outputs,
+    as plain JSON (``_notebook``: no nbformat import, in the notebook's kernel)."""
+    from ._notebook import code_cell as new_code_cell
+    from ._notebook import markdown_cell as new_markdown_cell
+    from ._notebook import new_notebook
 
     cells = [new_markdown_cell(f"Job built by `%%train` from {origin or 'a notebook cell'}.")]
     params_src = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())

@@ -11,8 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from .._environment import current_user
 from ..errors import InvalidInput
 from ..store import ENV_HEADLESS, Backend, new_run_id
@@ -24,11 +22,15 @@ from ._cell import (
     carry,
     free_names,
 )
+from ._notebook import write_notebook
 from ._spec import JobSpec, store_inputs
 
 
-def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
-    """Read and validate a notebook, with an error that names the file and the problem."""
+def read_notebook(path: str | os.PathLike[str]) -> Any:
+    """Read and validate a notebook (an ``nbformat.NotebookNode``), with an error that names
+    the file and the problem."""
+    import nbformat  # here, not at import: a cell's submit never needs it (see _notebook)
+
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"notebook {str(path)!r} does not exist")
@@ -43,7 +45,7 @@ def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
 
 def submit_notebook(
     backend: Backend,
-    notebook: nbformat.NotebookNode,
+    notebook: dict[str, Any],
     *,
     name: str,
     experiment: str = "Default",
@@ -93,7 +95,7 @@ def submit_notebook(
         parent_resources=parent_resources, carried=sorted(carried or []),
         carried_sweep=carried_sweep)
     try:
-        nbformat.write(notebook, folder / "input.ipynb")
+        write_notebook(notebook, folder / "input.ipynb")
         backend.store.create_run(
             run_id, name, experiment, status="queued", kind=kind, source=source,
             target=target, params=spec.parameters, tags=dict(tags or {}),

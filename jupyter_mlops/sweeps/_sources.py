@@ -7,15 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from ..errors import InvalidInput, NotFound
 from ..store import Backend
 
 
 def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | None,
                  namespace: dict[str, Any] | None, swept: list[str], fixed: dict[str, Any]
-                 ) -> tuple[nbformat.NotebookNode, Path | None, str, str | None]:
+                 ) -> tuple[dict[str, Any], Path | None, str, str | None]:
     """(base notebook, a temporary folder of carried names or None, description, working
     directory). The caller removes the carried folder's parent once the sweep has it."""
     from ..jobs import JobSpec, read_notebook
@@ -27,6 +25,8 @@ def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | Non
         name = INPUT_NOTEBOOK if artifacts.exists(from_run, INPUT_NOTEBOOK) else "notebook.ipynb"
         if not artifacts.exists(from_run, name):
             raise NotFound(f"run {from_run} kept no notebook to sweep over")
+        import nbformat  # a notebook written by another version, perhaps: convert it
+
         with artifacts.open(from_run, name) as handle:
             nb = nbformat.read(handle, as_version=4)
         _check_swept_names(nb, swept, f"run {from_run}")
@@ -40,7 +40,7 @@ def sweep_source(backend: Backend, code_or_notebook: Any, *, from_run: str | Non
         return nb, staging / "carried", f"run {from_run}", os.getcwd()
     if code_or_notebook is None:
         raise InvalidInput("a sweep needs code: a cell, a notebook, or from_run=RUN")
-    if isinstance(code_or_notebook, nbformat.NotebookNode):
+    if isinstance(code_or_notebook, dict) and "cells" in code_or_notebook:  # a notebook
         return code_or_notebook, None, "notebook", os.getcwd()
     text = str(code_or_notebook)
     if text.endswith(".ipynb") and "\n" not in text:
@@ -63,9 +63,9 @@ def _staging(backend: Backend) -> Path:
     return folder
 
 
-def _check_swept_names(nb: nbformat.NotebookNode, swept: list[str], where: str) -> None:
+def _check_swept_names(nb: dict[str, Any], swept: list[str], where: str) -> None:
     """Papermill injects values after the ``parameters`` cell; without one they'd be lost."""
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not tagged:
         raise InvalidInput(f"{where} has no cell tagged 'parameters': tag the cell that sets "
                            f"{', '.join(swept)} so each trial's values can be injected")

@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nbformat
-
 from .._format import fmt_value
 from .._processes import spawn_detached
 from ..errors import InvalidInput, NotFound
+from ..jobs._notebook import write_notebook
 from ..store import ENV_HEADLESS, ENV_RUN_ID, Backend, as_read, database_error
 from ._policies import parse_policy
 from ._space import parse_space
@@ -136,7 +135,7 @@ def _lend_headless_parent_slots(backend: Backend, spec: SweepSpec) -> None:
     spec.concurrency = max(1, min(spec.concurrency, len(slots)))
 
 
-def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepSpec, *,
+def create_sweep(backend: Backend, notebook: dict[str, Any], spec: SweepSpec, *,
                  name: str | None = None, experiment: str = "Default",
                  carried_from: Path | None = None, start: bool = True) -> str:
     """Record a sweep over ``notebook`` and start its controller. Validates everything first,
@@ -146,7 +145,7 @@ def create_sweep(backend: Backend, notebook: nbformat.NotebookNode, spec: SweepS
     folder = sweep_dir(backend, sweep_id)
     try:
         folder.mkdir(parents=True)
-        nbformat.write(notebook, folder / "base.ipynb")
+        write_notebook(notebook, folder / "base.ipynb")
         if carried_from is not None and carried_from.is_dir():
             shutil.copytree(carried_from, folder / "carried", copy_function=link_or_copy)
         store_sweep_inputs(backend, sweep_id, folder, spec)

@@ -22,7 +22,6 @@ import traceback
 from statistics import NormalDist
 from typing import Any
 
-import nbformat
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -37,6 +36,7 @@ from .._processes import warn
 from ..errors import MlopsError
 from ..jobs import reap, submit_notebook
 from ..jobs._control import REAP_EVERY
+from ..jobs._notebook import read_notebook_json
 from ..store import TERMINAL, Backend, new_run_id
 from ._policies import Policy, parse_policy
 from ._space import Param, parse_space
@@ -110,7 +110,7 @@ class Controller:
         for param in self.space.values():
             self.dists.update(distributions(param))
         self.folder = fetch_sweep_inputs(backend, sweep_id, self.spec)
-        self.base = nbformat.read(self.folder / "base.ipynb", as_version=4)
+        self.base = read_notebook_json(self.folder / "base.ipynb")  # written by create_sweep
         # run id -> [optuna trial or None (followed only), last metric row id, stop asked,
         #            steps already reported]
         self.active: dict[str, list[Any]] = {}

@@ -66,6 +66,31 @@ def test_sqlite_open_creates_schema_wal_and_head_revision(ws) -> None:
     assert {"experiments", "runs", "metrics", "logs", "artifacts", "alembic_version"} <= tables
 
 
+def test_the_head_revision_is_the_newest_migration_script() -> None:
+    """HEAD_REVISION (read at every open, without alembic) is the scripts' head."""
+    from alembic.script import ScriptDirectory
+
+    from jupyter_mlops.store._schema import HEAD_REVISION
+    from jupyter_mlops.store._store import _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD_REVISION
+
+
+def test_opening_a_current_workspace_does_not_import_alembic(ws) -> None:
+    """A workspace already at the newest revision opens with one query: a notebook's first
+    %%train does not wait for alembic's import (a new process, so nothing is imported yet)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jupyter_mlops as mlops\n"
+            "ws = mlops.workspace(); ws.runs()\n"
+            "print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ws.location.directory.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_schema_module_matches_migrations(any_ws) -> None:
     """The table definitions queries use and the migrated database must not drift."""
     from alembic.autogenerate import compare_metadata

@@ -18,7 +18,6 @@ clocks of the machines sharing a workspace need not agree.
 from __future__ import annotations
 
 import fcntl
-import functools
 import math
 import os
 import tempfile
@@ -223,21 +222,26 @@ class Store:
         return f"{_head_revision()} {self.location.database_url}"
 
     def _migrate(self) -> None:
-        """Bring the schema to the newest revision; refuse a database from the future."""
-        from alembic import command  # imported before any lock is taken, not under it
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
+        """Bring the schema to the newest revision; refuse a database from the future.
 
+        A database already at the newest revision costs one query: alembic is imported
+        only to migrate (or to name what a newer database holds)."""
         head = _head_revision()
 
         def current_revision() -> str | None:
             with self.engine.connect() as conn:
-                return MigrationContext.configure(conn).get_current_revision()
+                if not sa.inspect(conn).has_table("alembic_version"):
+                    return None  # a new database
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")
+                                    ).scalar()
 
         with self._migration_lock(fcntl.LOCK_SH):  # never read a schema half migrated
             current = current_revision()
         if current == head:
             return
+        from alembic import command  # imported before any lock is taken, not under it
+        from alembic.script import ScriptDirectory
+
         config = _alembic_config()
         script = ScriptDirectory.from_config(config)
         known = {rev.revision for rev in script.walk_revisions()}
@@ -974,14 +978,8 @@ def _nan_if_null(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-@functools.lru_cache(maxsize=1)
 def _head_revision() -> str:
-    """Found once per process: it reads every migration script (tens of ms), and the
-    scripts do not change under a running process. Forks of the agent's fork server
-    inherit it."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return t.HEAD_REVISION
 
 
 def _alembic_config() -> Any:
